@@ -1,0 +1,1 @@
+"""Shared building blocks for the three Lambda functions (no network imports here)."""

@@ -1,0 +1,405 @@
+"""``crypto-etl``: run the pipeline on one machine, query the warehouse, show the latest snapshot.
+
+``crypto-etl run`` executes the state-machine definition under moto's Step Functions
+interpreter, with the three Lambda handlers dispatched in-process, a folder as the lake
+(``.local/lake``) and a fakesnow server (``.local/warehouse``) as Snowflake.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+from functions.common.errors import CryptoEtlError, ValidationError
+from functions.common.keys import validate_snapshot_id
+
+DEFAULT_LOCAL_DIR = Path(os.environ.get("CRYPTO_ETL_LOCAL_DIR", ".local"))
+LOCAL_BUCKET = "crypto-etl-local"
+DEFAULT_OFFLINE_COINS = 1000
+
+
+@dataclass
+class RunOptions:
+    """Everything ``crypto-etl run`` needs; the CLI flags map one to one."""
+
+    local_dir: Path = DEFAULT_LOCAL_DIR
+    offline: bool = False
+    coins: int = DEFAULT_OFFLINE_COINS
+    replay_dir: Path | None = None
+    snapshot_id: str | None = None
+    max_coins: int | None = None
+    vs_currency: str | None = None
+    per_page: int | None = None
+    verbose: bool = False
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class RunReport:
+    status: str
+    snapshot_id: str
+    execution_arn: str
+    duration_s: float
+    output: dict[str, Any] | None
+    failed_state: str | None
+    error: str | None
+    error_message: str | None
+    alerts: list[dict[str, Any]]
+    lake_dir: Path
+    warehouse_dir: Path
+    state_outputs: dict[str, dict[str, Any]]
+
+
+def _utc_stamp() -> str:
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+
+
+def _error_message(cause: str | None) -> str | None:
+    """Lambda's cause is a JSON object with errorMessage; fall back to the raw text."""
+    if not cause:
+        return None
+    try:
+        parsed = json.loads(cause)
+    except json.JSONDecodeError:
+        return cause
+    if isinstance(parsed, dict) and "errorMessage" in parsed:
+        return str(parsed["errorMessage"])
+    return cause
+
+
+@contextmanager
+def _coingecko_source(opts: RunOptions) -> Iterator[dict[str, str]]:
+    """Environment pointing the extract at a replay server (offline/replay) or the live API."""
+    if opts.replay_dir is not None or opts.offline:
+        from local_mode.replay_server import ReplayServer
+
+        if opts.replay_dir is not None:
+            if not opts.replay_dir.is_dir():
+                raise ValidationError("--replay", f"{opts.replay_dir} is not a directory")
+            server = ReplayServer.from_directory(opts.replay_dir)
+        else:
+            server = ReplayServer.synthetic(coins=opts.coins)
+        with server:
+            yield {"COINGECKO_BASE_URL": server.base_url, "COINGECKO_API_PLAN": "public"}
+    else:
+        yield {}
+
+
+def execution_input(opts: RunOptions, snapshot_id: str) -> dict[str, Any]:
+    """The execution input the state machine receives (only what the user set, plus the id)."""
+    data: dict[str, Any] = {"snapshot_id": snapshot_id}
+    if opts.max_coins is not None:
+        data["max_coins"] = opts.max_coins
+    elif opts.offline and opts.replay_dir is None:
+        data["max_coins"] = opts.coins
+    if opts.vs_currency is not None:
+        data["vs_currency"] = opts.vs_currency
+    if opts.per_page is not None:
+        data["per_page"] = opts.per_page
+    return data
+
+
+def run_pipeline(opts: RunOptions, out: TextIO | None = None) -> RunReport:
+    """Start the local services, run one execution to the end, stop the services."""
+    from local_mode.warehouse import LocalWarehouse
+    from state_machine.local_runner import LocalStepFunctions, StateEvent
+
+    out = out or sys.stdout
+    snapshot_id = validate_snapshot_id(
+        opts.snapshot_id or f"local-{_utc_stamp()}", field="--snapshot-id"
+    )
+    lake_dir = (opts.local_dir / "lake").resolve()
+    warehouse_dir = (opts.local_dir / "warehouse").resolve()
+    lake_dir.mkdir(parents=True, exist_ok=True)
+    warehouse_dir.mkdir(parents=True, exist_ok=True)
+
+    started: dict[str, float] = {}
+
+    def progress(ev: StateEvent) -> None:
+        if ev.state not in ("Extract", "Transform", "Load"):
+            if ev.kind == "entered" and ev.state == "Notify failure":
+                print("  → publishing failure alert to the SNS topic", file=out, flush=True)
+            return
+        if ev.kind == "entered":
+            started[ev.state] = time.monotonic()
+            print(f"▶ {ev.state} …", file=out, flush=True)
+        elif ev.kind == "succeeded" and "error" not in ev.detail:
+            took = time.monotonic() - started.get(ev.state, time.monotonic())
+            print(f"✓ {ev.state} {took:.1f}s  {_state_summary(ev.state, ev.detail)}", file=out)
+        elif ev.kind == "failed":
+            msg = _error_message(ev.detail.get("cause")) or ""
+            print(f"✗ {ev.state}: {ev.detail.get('error')}: {msg}", file=out, flush=True)
+
+    with ExitStack() as stack:
+        source_env = stack.enter_context(_coingecko_source(opts))
+        print(f"Starting local warehouse (fakesnow) in {warehouse_dir}", file=out, flush=True)
+        warehouse = stack.enter_context(LocalWarehouse(warehouse_dir))
+        env = {
+            "LAKE_LOCAL_DIR": str(lake_dir),
+            "LAKE_BUCKET": LOCAL_BUCKET,
+            "POWERTOOLS_LOG_LEVEL": "INFO" if opts.verbose else "WARNING",
+            **source_env,
+            **warehouse.env(),
+            **opts.extra_env,
+        }
+        sfn = stack.enter_context(LocalStepFunctions(env=env))
+        payload = execution_input(opts, snapshot_id)
+        print(f"Execution input: {json.dumps(payload)}", file=out, flush=True)
+        result = sfn.execute(payload, name=f"{snapshot_id}-{_utc_stamp()}", on_event=progress)
+
+    return RunReport(
+        status=result.status,
+        snapshot_id=snapshot_id,
+        execution_arn=result.execution_arn,
+        duration_s=result.duration_s,
+        output=result.output,
+        failed_state=result.failed_state,
+        error=result.error,
+        error_message=_error_message(result.cause),
+        alerts=result.alerts,
+        lake_dir=lake_dir,
+        warehouse_dir=warehouse_dir,
+        state_outputs=result.state_outputs,
+    )
+
+
+def _state_summary(state: str, out: Mapping[str, Any]) -> str:
+    if state == "Extract":
+        return (
+            f"{out.get('coin_count')} coins, {out.get('pages')} pages, "
+            f"{out.get('api_calls')} API calls, {out.get('retries')} retries"
+        )
+    if state == "Transform":
+        return (
+            f"{out.get('row_count')} rows, {out.get('rejected_count')} rejected, "
+            f"{out.get('duplicate_count')} duplicates"
+        )
+    if state == "Load":
+        return (
+            f"{out.get('rows_inserted')} rows inserted, {out.get('rows_replaced')} replaced "
+            f"into {out.get('table')}"
+        )
+    return ""
+
+
+def print_summary(report: RunReport, out: TextIO) -> None:
+    """The end-of-run summary: status, counts, duration and where everything is."""
+    print("", file=out)
+    print(f"Execution {report.status} in {report.duration_s:.1f}s", file=out)
+    print(f"  execution     {report.execution_arn}", file=out)
+    print(f"  snapshot      {report.snapshot_id}", file=out)
+    o = report.output or {}
+    if report.status == "SUCCEEDED":
+        print(
+            f"  coins fetched {o.get('coin_count')} ({o.get('pages')} pages, "
+            f"{o.get('api_calls')} API calls, {o.get('retries')} retries)",
+            file=out,
+        )
+        print(
+            f"  rows          {o.get('rows_inserted')} inserted, {o.get('rows_replaced')} "
+            f"replaced, {o.get('rejected_count')} rejected, "
+            f"{o.get('duplicate_count')} duplicates",
+            file=out,
+        )
+        print(f"  table         {o.get('table')}", file=out)
+        print(f"  raw files     {report.lake_dir / str(o.get('raw_prefix', ''))}", file=out)
+        print(f"  processed     {report.lake_dir / str(o.get('processed_key', ''))}", file=out)
+        if o.get("rejected_key"):
+            print(f"  rejected rows {report.lake_dir / str(o['rejected_key'])}", file=out)
+    else:
+        print(f"  failed state  {report.failed_state}", file=out)
+        print(f"  error         {report.error}: {report.error_message}", file=out)
+        print(f"  alerts sent   {len(report.alerts)} (SNS topic crypto-etl-alerts)", file=out)
+        print("  warehouse     unchanged by this execution", file=out)
+    print(f"  lake          {report.lake_dir}", file=out)
+    print(f"  warehouse     {report.warehouse_dir}", file=out)
+    print('  query it      crypto-etl sql "SELECT COUNT(*) FROM CRYPTO_DATA"', file=out)
+
+
+@contextmanager
+def warehouse_connection(local_dir: Path) -> Iterator[Any]:
+    """The configured Snowflake when SNOWFLAKE_ACCOUNT is set, else the local warehouse."""
+    from functions.load.config import SnowflakeConfig
+    from functions.load.connection import connect
+
+    if os.environ.get("SNOWFLAKE_ACCOUNT") and not os.environ.get("CRYPTO_ETL_FORCE_LOCAL"):
+        conn = connect(SnowflakeConfig.from_env(os.environ))
+        try:
+            yield conn
+        finally:
+            conn.close()
+        return
+    from local_mode.warehouse import LocalWarehouse
+
+    warehouse_dir = (local_dir / "warehouse").resolve()
+    warehouse_dir.mkdir(parents=True, exist_ok=True)
+    with LocalWarehouse(warehouse_dir) as wh:
+        conn = wh.connect()
+        try:
+            yield conn
+        finally:
+            conn.close()
+
+
+def query(local_dir: Path, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:
+    """Run one statement and return (column names, rows)."""
+    with warehouse_connection(local_dir) as conn:
+        cur = conn.cursor()
+        try:
+            cur.execute(sql)
+            columns = [d[0] for d in (cur.description or [])]
+            rows = cur.fetchall() if cur.description else []
+        finally:
+            cur.close()
+    return columns, [tuple(r) for r in rows]
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "NULL"
+    if isinstance(value, float):
+        if abs(value) >= 1e6:
+            return f"{value:,.0f}"
+        return f"{value:.6g}"
+    return str(value)
+
+
+def print_table(columns: Sequence[str], rows: Sequence[Sequence[Any]], out: TextIO) -> None:
+    cells = [[_fmt(v) for v in row] for row in rows]
+    widths = [len(c) for c in columns]
+    for row in cells:
+        widths = [max(w, len(v)) for w, v in zip(widths, row, strict=True)]
+    print("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)), file=out)
+    print("  ".join("-" * w for w in widths), file=out)
+    for row in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)), file=out)
+    print(f"({len(rows)} row{'s' if len(rows) != 1 else ''})", file=out)
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    return str(value)
+
+
+SHOW_SQL = """
+SELECT MARKET_CAP_RANK AS RANK, NAME, UPPER(SYMBOL) AS SYMBOL, CURRENT_PRICE AS PRICE,
+       MARKET_CAP, MARKET_CAP_DOMINANCE_PCT AS DOMINANCE_PCT, VOLUME_PCT,
+       PRICE_CHANGE_PERCENTAGE_24H AS CHANGE_24H_PCT
+FROM CRYPTO_DATA
+WHERE SNAPSHOT_ID = (SELECT SNAPSHOT_ID FROM CRYPTO_DATA ORDER BY FETCHED_AT DESC,
+                     LOADED_AT DESC LIMIT 1)
+ORDER BY MARKET_CAP DESC NULLS LAST
+LIMIT {limit}
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="crypto-etl",
+        description="CoinGecko -> S3 -> Snowflake pipeline, run locally.",
+    )
+    parser.add_argument(
+        "--local-dir",
+        type=Path,
+        default=DEFAULT_LOCAL_DIR,
+        help="where the local lake and warehouse live (default: .local)",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the pipeline once, end to end")
+    src = run.add_mutually_exclusive_group()
+    src.add_argument(
+        "--offline",
+        action="store_true",
+        help="serve a deterministic synthetic market from a local replay server",
+    )
+    src.add_argument(
+        "--replay",
+        type=Path,
+        metavar="DIR",
+        help="serve recorded bodies DIR/markets-page-0001.json … (+ optional global.json)",
+    )
+    run.add_argument(
+        "--coins",
+        type=int,
+        default=DEFAULT_OFFLINE_COINS,
+        help="with --offline: coins in the synthetic market (default 1000)",
+    )
+    run.add_argument("--snapshot-id", help="snapshot id (default: local-<UTC timestamp>)")
+    run.add_argument("--max-coins", type=int, help="stop after this many coins (default 1000)")
+    run.add_argument("--vs-currency", help="quote currency (default usd)")
+    run.add_argument("--per-page", type=int, help="page size, 1-250 (default 250)")
+    run.add_argument("-v", "--verbose", action="store_true", help="show the handlers' JSON logs")
+
+    sql = sub.add_parser("sql", help="run a SQL statement against the warehouse")
+    sql.add_argument("statement")
+    sql.add_argument("--json", action="store_true", help="print a JSON array of objects")
+
+    show = sub.add_parser("show", help="the latest snapshot's top coins by market cap")
+    show.add_argument("--limit", type=int, default=10)
+    show.add_argument("--json", action="store_true")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
+    out = out or sys.stdout
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            if args.coins < 1:
+                raise ValidationError("--coins", f"{args.coins} must be at least 1")
+            opts = RunOptions(
+                local_dir=args.local_dir,
+                offline=args.offline,
+                coins=args.coins,
+                replay_dir=args.replay,
+                snapshot_id=args.snapshot_id,
+                max_coins=args.max_coins,
+                vs_currency=args.vs_currency,
+                per_page=args.per_page,
+                verbose=args.verbose,
+            )
+            report = run_pipeline(opts, out)
+            print_summary(report, out)
+            return 0 if report.status == "SUCCEEDED" else 1
+        if args.command == "sql":
+            columns, rows = query(args.local_dir, args.statement)
+            _print_rows(columns, rows, args.json, out)
+            return 0
+        if args.command == "show":
+            if args.limit < 1:
+                raise ValidationError("--limit", f"{args.limit} must be at least 1")
+            columns, rows = query(args.local_dir, SHOW_SQL.format(limit=int(args.limit)))
+            if not rows and not args.json:
+                print("No snapshot loaded yet: run `crypto-etl run --offline` first.", file=out)
+                return 1
+            _print_rows(columns, rows, args.json, out)
+            return 0
+    except CryptoEtlError as exc:
+        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+    return 2
+
+
+def _print_rows(
+    columns: Sequence[str], rows: Sequence[Sequence[Any]], as_json: bool, out: TextIO
+) -> None:
+    if as_json:
+        objs = [dict(zip(columns, row, strict=True)) for row in rows]
+        print(json.dumps(objs, default=_json_default, indent=2), file=out)
+    else:
+        print_table(columns, rows, out)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""The pipeline's Amazon States Language definition (single source of truth) and local runner."""

@@ -1,0 +1,363 @@
+"""Run the very same ASL definition locally under moto's Step Functions interpreter.
+
+moto executes the definition (Retry, Catch, Pass, Fail, the SNS integration, execution history)
+as Step Functions does. Its Docker-less Lambda backend normally answers every invocation with a
+canned payload; we patch that one method (``LambdaSimpleBackend.invoke``) so each invocation is
+dispatched in-process to our real handler, with an unhandled exception reported the way Lambda
+reports it (``X-Amz-Function-Error: Unhandled`` and ``{"errorType", "errorMessage"}``), so the
+state machine sees the handler's error class name as the error, exactly as on AWS.
+
+``tests/unit/test_local_runner.py`` guards the patch so a moto upgrade cannot break it silently.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import time
+import traceback
+import uuid
+import zipfile
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any
+from unittest import mock
+
+from functions.common.context import LocalLambdaContext
+from state_machine.definition import render
+
+REGION = "us-east-1"
+ACCOUNT = "123456789012"
+STATE_MACHINE_NAME = "crypto-etl-pipeline"
+TOPIC_NAME = "crypto-etl-alerts"
+
+Handler = Callable[[dict[str, Any], Any], dict[str, Any]]
+
+# Logical function name -> placeholder in the definition.
+FUNCTIONS: dict[str, str] = {
+    "extract": "ExtractFunctionArn",
+    "transform": "TransformFunctionArn",
+    "load": "LoadFunctionArn",
+}
+
+
+def default_handlers() -> dict[str, Handler]:
+    """The real Lambda handlers (imported lazily: transform pulls in pandas)."""
+    from functions.extract.handler import handler as extract
+    from functions.load.handler import handler as load
+    from functions.transform.handler import handler as transform
+
+    return {"extract": extract, "transform": transform, "load": load}
+
+
+@dataclass
+class StateEvent:
+    """One step of progress, derived from the execution history."""
+
+    kind: str  # "entered" | "succeeded" | "failed" | "retry"
+    state: str
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ExecutionResult:
+    status: str  # SUCCEEDED | FAILED | TIMED_OUT | ABORTED
+    execution_arn: str
+    output: dict[str, Any] | None
+    error: str | None
+    cause: str | None
+    failed_state: str | None
+    duration_s: float
+    alerts: list[dict[str, Any]]
+    history: list[dict[str, Any]]
+    state_outputs: dict[str, dict[str, Any]]
+
+
+def _function_error_payload(exc: BaseException) -> bytes:
+    return json.dumps(
+        {
+            "errorType": type(exc).__name__,
+            "errorMessage": str(exc),
+            "stackTrace": traceback.format_exception(exc)[-6:],
+        }
+    ).encode()
+
+
+@contextmanager
+def dispatch_lambda_in_process(
+    handlers: Mapping[str, Handler], timeout_seconds: float = 900.0
+) -> Iterator[list[dict[str, Any]]]:
+    """Patch moto's Docker-less Lambda backend to call ``handlers[function_name]`` in-process.
+
+    Yields a list that records every invocation (function, request, response or error).
+    """
+    from moto.awslambda_simple.models import LambdaSimpleBackend
+
+    calls: list[dict[str, Any]] = []
+
+    def invoke(
+        self: Any,
+        function_name: str,
+        qualifier: str | None,
+        body: Any,
+        headers: Any,
+        response_headers: Any,
+    ) -> bytes:
+        name = function_name.split(":function:")[-1].split(":")[0]
+        handler = handlers.get(name)
+        if handler is None:
+            raise KeyError(f"no local handler for Lambda function {name!r}")
+        event = json.loads(body) if body else {}
+        record: dict[str, Any] = {"function": name, "event": event}
+        calls.append(record)
+        context = LocalLambdaContext(function_name=name, timeout_seconds=timeout_seconds)
+        try:
+            result = handler(event, context)
+        except Exception as exc:
+            response_headers["x-amz-function-error"] = "Unhandled"
+            record["error"] = {"type": type(exc).__name__, "message": str(exc)}
+            return _function_error_payload(exc)
+        record["result"] = result
+        return json.dumps(result, default=str).encode()
+
+    with mock.patch.object(LambdaSimpleBackend, "invoke", invoke):
+        yield calls
+
+
+def _zip_stub() -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("stub.py", "# local mode dispatches to the real handler in-process\n")
+    return buf.getvalue()
+
+
+class LocalStepFunctions:
+    """moto's AWS (Step Functions, Lambda, SNS, SQS, IAM) with our pipeline deployed into it."""
+
+    def __init__(
+        self,
+        handlers: Mapping[str, Handler] | None = None,
+        env: Mapping[str, str] | None = None,
+        retry_sleep: Callable[[float], None] | None = None,
+    ) -> None:
+        self._handlers = dict(handlers) if handlers is not None else None
+        self._env = dict(env or {})
+        self._retry_sleep = retry_sleep
+        self._stack: Any = None
+
+    def __enter__(self) -> LocalStepFunctions:
+        from contextlib import ExitStack
+
+        from moto import mock_aws
+
+        stack = ExitStack()
+        self._stack = stack
+        # moto logs every failed state at ERROR with a repr of the parse tree; our progress
+        # reporting says the same thing readably.
+        logging.getLogger("moto").setLevel(logging.CRITICAL)
+        try:
+            fake_creds = {
+                "AWS_ACCESS_KEY_ID": "testing",
+                "AWS_SECRET_ACCESS_KEY": "testing",
+                "AWS_SESSION_TOKEN": "testing",
+                "AWS_DEFAULT_REGION": REGION,
+            }
+            stack.enter_context(mock.patch.dict(os.environ, {**fake_creds, **self._env}))
+            stack.enter_context(
+                mock_aws(
+                    config={
+                        "stepfunctions": {"execute_state_machine": True},
+                        "lambda": {"use_docker": False},
+                    }
+                )
+            )
+            if self._retry_sleep is not None:
+                from moto.stepfunctions.parser.asl.component.common.retry import retrier_decl
+
+                # Replace the retrier's view of the ``time`` module only (not time.sleep globally).
+                stack.enter_context(
+                    mock.patch.object(
+                        retrier_decl, "time", SimpleNamespace(sleep=self._retry_sleep)
+                    )
+                )
+            handlers = self._handlers if self._handlers is not None else default_handlers()
+            self.invocations = stack.enter_context(dispatch_lambda_in_process(handlers))
+            self._deploy()
+        except BaseException:
+            stack.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._stack is not None:
+            self._stack.close()
+
+    def _deploy(self) -> None:
+        import boto3
+
+        self.sfn = boto3.client("stepfunctions", region_name=REGION)
+        self.sns = boto3.client("sns", region_name=REGION)
+        self.sqs = boto3.client("sqs", region_name=REGION)
+        iam = boto3.client("iam", region_name=REGION)
+        lam = boto3.client("lambda", region_name=REGION)
+        trust = {
+            "Version": "2012-10-17",
+            "Statement": [
+                {
+                    "Effect": "Allow",
+                    "Principal": {"Service": ["lambda.amazonaws.com", "states.amazonaws.com"]},
+                    "Action": "sts:AssumeRole",
+                }
+            ],
+        }
+        role_arn = iam.create_role(
+            RoleName="crypto-etl-local", AssumeRolePolicyDocument=json.dumps(trust)
+        )["Role"]["Arn"]
+        subs: dict[str, str] = {}
+        code = _zip_stub()
+        for name, placeholder in FUNCTIONS.items():
+            arn = lam.create_function(
+                FunctionName=name,
+                Runtime="python3.12",
+                Role=role_arn,
+                Handler=f"functions.{name}.handler.handler",
+                Code={"ZipFile": code},
+                Timeout=900,
+            )["FunctionArn"]
+            subs[placeholder] = arn
+        self.topic_arn = self.sns.create_topic(Name=TOPIC_NAME)["TopicArn"]
+        subs["AlertTopicArn"] = self.topic_arn
+        # An SQS queue subscribed to the alert topic lets us read what was published.
+        self.queue_url = self.sqs.create_queue(QueueName=f"{TOPIC_NAME}-inbox")["QueueUrl"]
+        queue_arn = self.sqs.get_queue_attributes(
+            QueueUrl=self.queue_url, AttributeNames=["QueueArn"]
+        )["Attributes"]["QueueArn"]
+        self.sns.subscribe(
+            TopicArn=self.topic_arn,
+            Protocol="sqs",
+            Endpoint=queue_arn,
+            Attributes={"RawMessageDelivery": "true"},
+        )
+        self.definition = render(subs)
+        self.state_machine_arn = self.sfn.create_state_machine(
+            name=STATE_MACHINE_NAME, definition=self.definition, roleArn=role_arn
+        )["stateMachineArn"]
+
+    def alerts(self) -> list[dict[str, Any]]:
+        """Messages published to the alert topic so far (drained from the inbox queue)."""
+        out: list[dict[str, Any]] = []
+        while True:
+            resp = self.sqs.receive_message(QueueUrl=self.queue_url, MaxNumberOfMessages=10)
+            msgs = resp.get("Messages", [])
+            if not msgs:
+                return out
+            for m in msgs:
+                try:
+                    out.append(json.loads(m["Body"]))
+                except json.JSONDecodeError:
+                    out.append({"raw": m["Body"]})
+                self.sqs.delete_message(QueueUrl=self.queue_url, ReceiptHandle=m["ReceiptHandle"])
+
+    def execute(
+        self,
+        execution_input: Mapping[str, Any],
+        name: str | None = None,
+        on_event: Callable[[StateEvent], None] | None = None,
+        poll_seconds: float = 0.05,
+        timeout_seconds: float = 3600.0,
+    ) -> ExecutionResult:
+        """Start an execution and follow it to the end, reporting progress per state."""
+        started = time.monotonic()
+        name = name or f"local-{uuid.uuid4().hex[:12]}"
+        arn = self.sfn.start_execution(
+            stateMachineArn=self.state_machine_arn, name=name, input=json.dumps(execution_input)
+        )["executionArn"]
+        seen = 0
+        history: list[dict[str, Any]] = []
+        while True:
+            desc = self.sfn.describe_execution(executionArn=arn)
+            history = self._history(arn)
+            for ev in history[seen:]:
+                state_event = _to_state_event(ev, history)
+                if state_event is not None and on_event is not None:
+                    on_event(state_event)
+            seen = len(history)
+            if desc["status"] != "RUNNING":
+                break
+            if time.monotonic() - started > timeout_seconds:
+                self.sfn.stop_execution(executionArn=arn, error="LocalTimeout")
+                continue
+            time.sleep(poll_seconds)
+        output = json.loads(desc["output"]) if desc.get("output") else None
+        state_outputs = {}
+        for ev in history:
+            details = ev.get("stateExitedEventDetails")
+            if details and "output" in details:
+                try:
+                    state_outputs[details["name"]] = json.loads(details["output"])
+                except json.JSONDecodeError:
+                    state_outputs[details["name"]] = {"raw": details["output"]}
+        failed_state = None
+        pass_out = state_outputs.get("Notify failure") or {}
+        for state in ("Extract failed", "Transform failed", "Load failed"):
+            if state in state_outputs:
+                failed_state = state_outputs[state].get("failed_state")
+                pass_out = state_outputs[state]
+        error = desc.get("error") or (pass_out.get("error") or {}).get("Error")
+        cause = desc.get("cause") or (pass_out.get("error") or {}).get("Cause")
+        return ExecutionResult(
+            status=desc["status"],
+            execution_arn=arn,
+            output=output,
+            error=error,
+            cause=cause,
+            failed_state=failed_state,
+            duration_s=time.monotonic() - started,
+            alerts=self.alerts(),
+            history=history,
+            state_outputs=state_outputs,
+        )
+
+    def _history(self, arn: str) -> list[dict[str, Any]]:
+        events: list[dict[str, Any]] = []
+        kwargs: dict[str, Any] = {"executionArn": arn, "maxResults": 1000}
+        while True:
+            resp = self.sfn.get_execution_history(**kwargs)
+            events.extend(resp["events"])
+            if not resp.get("nextToken"):
+                return events
+            kwargs["nextToken"] = resp["nextToken"]
+
+
+def _to_state_event(ev: dict[str, Any], history: list[dict[str, Any]]) -> StateEvent | None:
+    etype = ev["type"]
+    if etype.endswith("StateEntered"):
+        return StateEvent("entered", ev["stateEnteredEventDetails"]["name"])
+    if etype.endswith("StateExited"):
+        details = ev["stateExitedEventDetails"]
+        try:
+            out = json.loads(details.get("output") or "null")
+        except json.JSONDecodeError:
+            out = None
+        return StateEvent("succeeded", details["name"], out if isinstance(out, dict) else {})
+    if etype in ("TaskFailed", "LambdaFunctionFailed"):
+        details = ev.get("taskFailedEventDetails") or ev.get("lambdaFunctionFailedEventDetails")
+        state = _state_of(ev, history)
+        return StateEvent("failed", state, dict(details or {}))
+    return None
+
+
+def _state_of(ev: dict[str, Any], history: list[dict[str, Any]]) -> str:
+    """The name of the state an event belongs to (walk back to the last StateEntered)."""
+    by_id = {e["id"]: e for e in history}
+    cur = ev
+    while cur is not None:
+        details = cur.get("stateEnteredEventDetails")
+        if details:
+            return details["name"]
+        cur = by_id.get(cur.get("previousEventId"))
+    return "?"
