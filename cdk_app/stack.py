@@ -1,0 +1,81 @@
+"""The one stack: data lake, secrets, functions, alerting, pipeline, optional schedule, outputs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aws_cdk as cdk
+from constructs import Construct
+
+from cdk_app.alerting import Alerting
+from cdk_app.config import Settings
+from cdk_app.data_lake import DataLake
+from cdk_app.pipeline import Pipeline
+from cdk_app.pipeline_functions import PipelineFunctions
+from cdk_app.schedule import Schedule
+from cdk_app.secrets import Secrets
+
+
+class CryptoEtlStack(cdk.Stack):
+    """CoinGecko -> S3 -> Snowflake, orchestrated by Step Functions."""
+
+    def __init__(
+        self, scope: Construct, construct_id: str, *, settings: Settings, **kwargs: Any
+    ) -> None:
+        super().__init__(scope, construct_id, **kwargs)
+        self.settings = settings
+        self.lake = DataLake(self, "DataLake", settings=settings)
+        self.secrets = Secrets(self, "Secrets", stack_name=self.stack_name)
+        self.functions = PipelineFunctions(
+            self, "Functions", settings=settings, lake=self.lake, secrets=self.secrets
+        )
+        self.alerting = Alerting(self, "Alerting", alert_email=settings.alert_email)
+        self.pipeline = Pipeline(
+            self,
+            "Pipeline",
+            functions=self.functions,
+            topic=self.alerting.topic,
+            log_retention_days=settings.log_retention_days,
+        )
+        self.alerting.watch_state_machine(self.pipeline.state_machine)
+        for name, fn in self.functions.functions.items():
+            self.alerting.watch_function(name, fn)
+
+        self.schedule: Schedule | None = None
+        if settings.schedule:
+            self.schedule = Schedule(
+                self,
+                "Schedule",
+                state_machine=self.pipeline.state_machine,
+                expression=settings.schedule,
+                execution_input=settings.execution_input,
+            )
+
+        sm_arn = self.pipeline.state_machine.state_machine_arn
+        outputs = {
+            "StateMachineArn": (sm_arn, "Start executions of this state machine"),
+            "StateMachineConsoleUrl": (
+                cdk.Fn.join(
+                    "",
+                    [
+                        f"https://{cdk.Aws.REGION}.console.aws.amazon.com/states/home?region=",
+                        cdk.Aws.REGION,
+                        "#/statemachines/view/",
+                        sm_arn,
+                    ],
+                ),
+                "Open the state machine in the console (Start execution)",
+            ),
+            "LakeBucketName": (self.lake.bucket.bucket_name, "Data lake bucket"),
+            "SnowflakeSecretName": (
+                self.secrets.snowflake_name,
+                "Put the Snowflake connection JSON here (docs/DEPLOY.md)",
+            ),
+            "CoinGeckoSecretName": (
+                self.secrets.coingecko_name,
+                "Optional CoinGecko API key (empty = public API)",
+            ),
+            "AlertTopicArn": (self.alerting.topic.topic_arn, "Failure alerts"),
+        }
+        for output_id, (value, description) in outputs.items():
+            cdk.CfnOutput(self, output_id, value=value, description=description)

@@ -1,0 +1,186 @@
+"""Load Lambda: validate the Transform output, fetch the processed file, load it into Snowflake.
+
+Input: the Transform contract (``bucket``, ``processed_key``, ``snapshot_id``, ``row_count`` and
+the Extract/Transform counts). Output: the input plus ``rows_inserted``, ``rows_replaced``,
+``table``.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+from functions.common import keys
+from functions.common.errors import ValidationError
+from functions.common.log import get_logger
+from functions.common.schema import TIMESTAMP_FORMAT
+from functions.common.storage import Storage, storage_from_env
+from functions.load.config import SnowflakeConfig
+from functions.load.loader import RunInfo, ensure_objects, load_snapshot
+from functions.load.sql import Names
+
+logger = get_logger("load")
+
+_COUNT_FIELDS = (
+    "coin_count",
+    "rejected_count",
+    "duplicate_count",
+    "api_calls",
+    "retries",
+    "pages",
+)
+
+
+@dataclass(frozen=True)
+class LoadRequest:
+    """The validated part of the event the load uses."""
+
+    bucket: str
+    processed_key: str
+    snapshot_id: str
+    row_count: int
+    run: RunInfo
+
+
+def _count(event: Mapping[str, Any], field: str, *, required: bool = False) -> int | None:
+    value = event.get(field)
+    if value is None and not required:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValidationError(field, f"{value!r} must be an integer >= 0")
+    return value
+
+
+def _optional_str(event: Mapping[str, Any], field: str) -> str | None:
+    value = event.get(field)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise ValidationError(field, f"{value!r} must be a non-empty string")
+    return value.strip()
+
+
+def _timestamp(event: Mapping[str, Any], field: str) -> str | None:
+    """ISO-8601 text -> the processed file's UTC format (what CAST AS TIMESTAMP_TZ reads)."""
+    value = _optional_str(event, field)
+    if value is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise ValidationError(field, f"{value!r} is not an ISO-8601 timestamp") from exc
+    if parsed.tzinfo is None:
+        raise ValidationError(field, f"{value!r} has no time zone (expected UTC)")
+    return parsed.astimezone(UTC).strftime(TIMESTAMP_FORMAT)
+
+
+def _date(event: Mapping[str, Any], field: str) -> str | None:
+    value = _optional_str(event, field)
+    if value is None:
+        return None
+    try:
+        return date.fromisoformat(value).isoformat()
+    except ValueError as exc:
+        raise ValidationError(field, f"{value!r} is not a YYYY-MM-DD date") from exc
+
+
+def parse_event(event: Any, *, bucket: str) -> LoadRequest:
+    """Check the Transform contract; raise ValidationError naming the first bad field."""
+    if not isinstance(event, Mapping):
+        raise ValidationError("event", f"must be a JSON object, not {type(event).__name__}")
+    keys.validate_bucket(event.get("bucket"), expected=bucket)
+    snapshot_id = keys.validate_snapshot_id(event.get("snapshot_id"))
+    processed_key = keys.validate_key(event.get("processed_key"), "processed_key", keys.PROCESSED)
+    if f"/snapshot={snapshot_id}/" not in processed_key:
+        raise ValidationError(
+            "processed_key", f"{processed_key!r} is not in the partition of snapshot {snapshot_id}"
+        )
+    row_count = _count(event, "row_count", required=True)
+    assert row_count is not None
+    rejected_key = event.get("rejected_key")
+    if rejected_key is not None:
+        keys.validate_key(rejected_key, "rejected_key", keys.REJECTED)
+    quality = event.get("quality")
+    if quality is not None and not isinstance(quality, Mapping):
+        raise ValidationError("quality", f"must be a JSON object, not {type(quality).__name__}")
+    counts = {f: _count(event, f) for f in _COUNT_FIELDS}
+    run = RunInfo(
+        execution_id=_optional_str(event, "execution_id"),
+        fetched_at=_timestamp(event, "fetched_at"),
+        fetch_date=_date(event, "fetch_date"),
+        vs_currency=_optional_str(event, "vs_currency"),
+        processed_key=processed_key,
+        rejected_key=rejected_key,
+        quality=quality,
+        **counts,
+    )
+    return LoadRequest(
+        bucket=event["bucket"],
+        processed_key=processed_key,
+        snapshot_id=snapshot_id,
+        row_count=row_count,
+        run=run,
+    )
+
+
+def run(
+    event: Mapping[str, Any],
+    *,
+    storage: Storage,
+    config: SnowflakeConfig | Callable[[], SnowflakeConfig],
+    connect: Callable[[SnowflakeConfig], Any] | None = None,
+) -> dict[str, Any]:
+    """Validate, download, connect, ensure the objects, load, close; return the contract.
+
+    ``config`` may be a callable so that a bad event is reported before missing credentials.
+    """
+    request = parse_event(event, bucket=storage.bucket)
+    logger.append_keys(snapshot_id=request.snapshot_id)
+    if not storage.exists(request.processed_key):
+        raise ValidationError(
+            "processed_key", f"{request.processed_key!r} does not exist in {storage.bucket}"
+        )
+    cfg = config() if callable(config) else config
+    if connect is None:
+        from functions.load.connection import connect
+    names = Names(cfg.database, cfg.schema)
+    with tempfile.TemporaryDirectory(prefix="crypto-etl-load-") as tmp:
+        local_file = Path(tmp) / f"{request.snapshot_id}.csv.gz"
+        storage.download(request.processed_key, local_file)
+        logger.info("connecting to Snowflake", extra={"snowflake": cfg.describe()})
+        conn = connect(cfg)
+        try:
+            ensure_objects(conn, names)
+            result = load_snapshot(
+                conn,
+                local_file=local_file,
+                snapshot_id=request.snapshot_id,
+                row_count=request.row_count,
+                names=names,
+                run=request.run,
+            )
+        finally:
+            conn.close()
+    return {
+        **event,
+        "rows_inserted": result.rows_inserted,
+        "rows_replaced": result.rows_replaced,
+        "table": result.table,
+    }
+
+
+def handler(event: dict, context: Any) -> dict:
+    """Lambda entry point: configuration comes from the environment at call time."""
+    logger.setLevel(os.environ.get("POWERTOOLS_LOG_LEVEL") or os.environ.get("LOG_LEVEL") or "INFO")
+    logger.remove_keys(["snapshot_id"])
+    env = dict(os.environ)
+    return run(
+        event,
+        storage=storage_from_env(env),
+        config=lambda: SnowflakeConfig.from_env(env),
+    )

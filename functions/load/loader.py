@@ -1,0 +1,376 @@
+"""The load sequence on an open connection (see DESIGN.md "Loading").
+
+1. Outside any transaction: a TEMPORARY staging table and stage, PUT, COPY INTO staging;
+   check the COPY loaded exactly ``row_count`` rows, one per coin id, all of this snapshot.
+2. One transaction: count the snapshot's rows already there, DELETE them, INSERT the staged
+   rows, write the ETL_RUNS row, COMMIT (ROLLBACK on any error: nothing changes).
+3. After the commit, in autocommit: MERGE the staged coins into CRYPTO_ASSET_DIM (idempotent,
+   so a retry converges) and drop the staging table.
+
+Every statement is short (one bulk statement per step), as the emulator re-executes a request
+the connector re-sends after its socket timeout.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import gzip
+import json
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from snowflake.connector.errors import Error as SnowflakeError
+
+from functions.common.errors import LoadError, ValidationError
+from functions.common.keys import validate_snapshot_id
+from functions.common.log import get_logger
+from functions.common.schema import COLUMN_NAMES
+from functions.load import sql
+from functions.load.sql import Names, Statement
+
+logger = get_logger("load")
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """What the ETL_RUNS row records besides the load's own counts (all optional)."""
+
+    execution_id: str | None = None
+    fetched_at: str | None = None
+    fetch_date: str | None = None
+    vs_currency: str | None = None
+    coin_count: int | None = None
+    rejected_count: int | None = None
+    duplicate_count: int | None = None
+    api_calls: int | None = None
+    retries: int | None = None
+    pages: int | None = None
+    processed_key: str | None = None
+    rejected_key: str | None = None
+    quality: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    """What the load did: rows inserted (new coin ids for the snapshot), rows replaced
+    (rows of the snapshot that were there before), and the fully qualified table."""
+
+    rows_inserted: int
+    rows_replaced: int
+    table: str
+    rows_loaded: int = 0
+    loaded_at: str = ""
+    dominance_basis: str | None = None
+    assets_merged: int = 0
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def _execute(cur: Any, stmt: Statement, timings: dict[str, float]) -> list[tuple[Any, ...]]:
+    started = time.perf_counter()
+    cur.execute(stmt.sql, dict(stmt.params) if stmt.params is not None else None)
+    rows = [tuple(r) for r in cur.fetchall()] if cur.description else []
+    timings[stmt.label] = round(time.perf_counter() - started, 4)
+    return rows
+
+
+def _run(
+    cur: Any, stmt: Statement, timings: dict[str, float], snapshot_id: str | None = None
+) -> list[tuple]:
+    """Execute one statement; a database error becomes a LoadError naming the step."""
+    try:
+        return _execute(cur, stmt, timings)
+    except SnowflakeError as exc:
+        target = f" for snapshot {snapshot_id}" if snapshot_id else ""
+        raise LoadError(f"load step {stmt.label!r} failed{target}: {_one_line(exc)}") from exc
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:600]
+
+
+def ensure_objects(conn: Any, names: Names, *, views: bool = True) -> None:
+    """Create the tables (and the reporting views) if missing; check the tables' columns."""
+    timings: dict[str, float] = {}
+    with conn.cursor() as cur:
+        for stmt in sql.create_tables(names):
+            _run(cur, stmt, timings)
+        for table in sql.TABLES:
+            present = {r[0].upper() for r in _run(cur, sql.table_columns(names, table), timings)}
+            missing = [c for c in sql.expected_columns(table) if c not in present]
+            if missing:
+                raise LoadError(
+                    f"table {names.q(table)} exists but lacks columns {missing}; it was created by"
+                    " an older version: add them (ALTER TABLE ... ADD COLUMN) or recreate it"
+                )
+        for stmt in sql.create_views(names) if views else []:
+            _run(cur, stmt, timings)
+    logger.debug("warehouse objects ensured", extra={"timings": timings})
+
+
+def _copy_rows_loaded(cur: Any, rows: Sequence[tuple[Any, ...]]) -> int:
+    """Sum ``rows_loaded`` over the COPY result; a file not LOADED (e.g. skipped) is an error."""
+    cols = [d[0].lower() for d in (cur.description or [])]
+    if "rows_loaded" not in cols:  # e.g. "Copy executed with 0 files processed."
+        return 0
+    idx, status = cols.index("rows_loaded"), cols.index("status") if "status" in cols else None
+    total = 0
+    for row in rows:
+        if status is not None and str(row[status]).upper() not in ("LOADED", "PARTIALLY_LOADED"):
+            raise LoadError(f"COPY did not load staged file {row[0]}: status {row[status]}")
+        total += int(row[idx] or 0)
+    return total
+
+
+def _stage_and_check(
+    cur: Any,
+    *,
+    local_file: Path,
+    staging: str,
+    stage: str,
+    snapshot_id: str,
+    row_count: int,
+    timings: dict[str, float],
+) -> str | None:
+    """Steps outside the transaction; returns the dominance basis of the staged rows."""
+    _check_header(local_file)
+    _run(cur, sql.create_staging_table(staging), timings, snapshot_id)
+    if row_count == 0:
+        # Nothing to stage (COPY of a header-only file is not portable): the snapshot is
+        # replaced by no rows, provided the file really holds none.
+        data_lines = _data_lines(local_file)
+        if data_lines:
+            raise LoadError(
+                f"the processed file {local_file.name} holds {data_lines} data lines but the"
+                f" event's row_count is 0: refusing to load snapshot {snapshot_id}"
+            )
+        return None
+    _run(cur, sql.create_stage(stage), timings, snapshot_id)
+    put = _run(cur, sql.put_file(local_file, stage), timings, snapshot_id)
+    if not put:
+        raise LoadError(f"PUT of {local_file} to stage {stage} uploaded nothing")
+    copy = sql.copy_into_staging(staging, stage)
+    try:
+        rows = _execute(cur, copy, timings)
+    except SnowflakeError as exc:
+        raise LoadError(
+            f"load step 'copy into staging' failed for snapshot {snapshot_id}: a value or the"
+            f" column count of {local_file.name} does not fit CRYPTO_DATA: {_one_line(exc)}"
+        ) from exc
+    loaded = _copy_rows_loaded(cur, rows)
+    if loaded != row_count:
+        raise LoadError(
+            f"COPY loaded {loaded} rows from {local_file.name} but the event's row_count is"
+            f" {row_count}: refusing a partial load of snapshot {snapshot_id}"
+        )
+    ((total, distinct_ids, ids, snaps, min_snap, max_snap, min_basis, max_basis),) = _run(
+        cur, sql.staging_profile(staging), timings, snapshot_id
+    )
+    if total != row_count:
+        raise LoadError(f"staging holds {total} rows, expected {row_count}")
+    if ids != total:
+        raise LoadError(f"{total - ids} staged rows of snapshot {snapshot_id} have no COIN_ID")
+    if distinct_ids != total:
+        raise LoadError(
+            f"the processed file of snapshot {snapshot_id} repeats {total - distinct_ids}"
+            " COIN_ID values; (SNAPSHOT_ID, COIN_ID) must be unique"
+        )
+    if total and (snaps != total or min_snap != snapshot_id or max_snap != snapshot_id):
+        raise LoadError(
+            f"the processed file holds SNAPSHOT_ID values {min_snap!r}..{max_snap!r}"
+            f" (or NULLs), not only the event's snapshot_id {snapshot_id!r}"
+        )
+    if min_basis is None:
+        return None
+    return min_basis if min_basis == max_basis else "mixed"
+
+
+def _check_header(local_file: Path) -> None:
+    """COPY maps columns by position, so the file's header must be exactly the schema's."""
+    try:
+        with gzip.open(local_file, "rt", encoding="utf-8", newline="") as fh:
+            header = next(csv.reader(fh), [])
+    except (OSError, EOFError, UnicodeDecodeError, csv.Error) as exc:
+        raise LoadError(f"the processed file {local_file.name} is not a gzip'd CSV: {exc}") from exc
+    if tuple(header) != COLUMN_NAMES:
+        expected, got = set(COLUMN_NAMES), set(header)
+        detail = (
+            f"missing {sorted(expected - got)}, unexpected {sorted(got - expected)}"
+            if expected != got
+            else "same columns in another order"
+        )
+        raise LoadError(
+            f"the processed file {local_file.name} does not have the columns of"
+            f" functions.common.schema.PROCESSED_COLUMNS in order: {detail}"
+        )
+
+
+def _data_lines(local_file: Path) -> int:
+    """Non-empty lines after the header of a gzip'd CSV (used only for row_count 0)."""
+    try:
+        with gzip.open(local_file, "rt", encoding="utf-8") as fh:
+            return sum(1 for i, line in enumerate(fh) if i > 0 and line.strip())
+    except (OSError, EOFError, UnicodeDecodeError) as exc:
+        raise LoadError(f"the processed file {local_file.name} is not gzip'd text: {exc}") from exc
+
+
+def load_snapshot(
+    conn: Any,
+    *,
+    local_file: Path,
+    snapshot_id: str,
+    row_count: int,
+    names: Names | None = None,
+    run: RunInfo | None = None,
+) -> LoadResult:
+    """Load one processed file as snapshot ``snapshot_id`` (replacing it whole if present).
+
+    Raises LoadError (naming the failed step) with CRYPTO_DATA and ETL_RUNS unchanged.
+    """
+    validate_snapshot_id(snapshot_id)
+    if isinstance(row_count, bool) or not isinstance(row_count, int) or row_count < 0:
+        raise ValidationError("row_count", f"{row_count!r} must be an integer >= 0")
+    local_file = Path(local_file)
+    if not local_file.is_file():
+        raise ValidationError("local_file", f"{local_file} does not exist")
+    names = names or Names(conn.database or sql.DEFAULT_DATABASE, conn.schema or "PUBLIC")
+    suffix = uuid.uuid4().hex[:12].upper()
+    staging = f"CRYPTO_DATA_STAGING_{suffix}"
+    timings: dict[str, float] = {}
+
+    with conn.cursor() as cur:
+        try:
+            result = _load(
+                cur,
+                local_file=local_file,
+                snapshot_id=snapshot_id,
+                row_count=row_count,
+                names=names,
+                run=run or RunInfo(),
+                staging=staging,
+                stage=f"CRYPTO_ETL_LOAD_{suffix}",
+                timings=timings,
+            )
+        finally:
+            # Best effort (Snowflake drops temporary objects with the session anyway).
+            with contextlib.suppress(SnowflakeError):
+                _execute(cur, sql.drop_staging_table(staging), timings)
+    logger.info(
+        "snapshot loaded",
+        extra={
+            "rows_loaded": result.rows_loaded,
+            "rows_inserted": result.rows_inserted,
+            "rows_replaced": result.rows_replaced,
+            "table": result.table,
+            "timings": timings,
+        },
+    )
+    return result
+
+
+def _load(
+    cur: Any,
+    *,
+    local_file: Path,
+    snapshot_id: str,
+    row_count: int,
+    names: Names,
+    run: RunInfo,
+    staging: str,
+    stage: str,
+    timings: dict[str, float],
+) -> LoadResult:
+    load_started_at = datetime.now(UTC).isoformat()
+    basis = _stage_and_check(
+        cur,
+        local_file=local_file,
+        staging=staging,
+        stage=stage,
+        snapshot_id=snapshot_id,
+        row_count=row_count,
+        timings=timings,
+    )
+    loaded_at = datetime.now(UTC).isoformat()
+    _run(cur, sql.BEGIN, timings, snapshot_id)
+    step = sql.count_existing(names, staging, snapshot_id)
+    try:
+        ((existing, new_keys),) = _execute(cur, step, timings)
+        steps = [sql.delete_snapshot(names, snapshot_id)]
+        steps.append(sql.insert_snapshot(names, staging, loaded_at))
+        if run.execution_id:
+            steps.append(sql.delete_run(names, snapshot_id, run.execution_id))
+        values = _run_values(
+            run,
+            snapshot_id=snapshot_id,
+            load_started_at=load_started_at,
+            loaded_at=loaded_at,
+            rows_loaded=row_count,
+            rows_inserted=int(new_keys),
+            rows_replaced=int(existing),
+            dominance_basis=basis,
+        )
+        steps += [sql.insert_run(names, values), sql.COMMIT]
+        for step in steps:
+            _execute(cur, step, timings)
+    except BaseException as exc:
+        _rollback(cur, snapshot_id)
+        if isinstance(exc, SnowflakeError):
+            raise LoadError(
+                f"load step {step.label!r} failed for snapshot {snapshot_id}:"
+                f" {_one_line(exc)}; the transaction was rolled back"
+                " (CRYPTO_DATA and ETL_RUNS unchanged)"
+            ) from exc
+        raise
+
+    # Autocommit from here: the MERGE is idempotent, so a retried task converges.
+    merged = _run(cur, sql.merge_asset_dim(names, staging), timings, snapshot_id)
+    return LoadResult(
+        rows_inserted=int(new_keys),
+        rows_replaced=int(existing),
+        table=names.q(sql.CRYPTO_DATA),
+        rows_loaded=row_count,
+        loaded_at=loaded_at,
+        dominance_basis=basis,
+        assets_merged=sum(int(v or 0) for v in merged[0]) if merged else 0,
+        timings=timings,
+    )
+
+
+def _rollback(cur: Any, snapshot_id: str) -> None:
+    try:
+        cur.execute(sql.ROLLBACK.sql)
+    except SnowflakeError as exc:  # the session may be gone: Snowflake aborts it anyway
+        logger.warning("rollback failed", extra={"error": _one_line(exc)})
+    logger.warning("load transaction rolled back", extra={"snapshot": snapshot_id})
+
+
+def _run_values(run: RunInfo, **load: Any) -> dict[str, Any]:
+    quality = json.dumps(dict(run.quality), sort_keys=True, default=str) if run.quality else None
+    return {
+        "snapshot_id": load["snapshot_id"],
+        "execution_id": run.execution_id,
+        "status": "SUCCEEDED",
+        "fetched_at": run.fetched_at,
+        "fetch_date": run.fetch_date,
+        "load_started_at": load["load_started_at"],
+        "loaded_at": load["loaded_at"],
+        "vs_currency": run.vs_currency,
+        "coin_count": run.coin_count,
+        "rows_loaded": load["rows_loaded"],
+        "rows_inserted": load["rows_inserted"],
+        "rows_replaced": load["rows_replaced"],
+        "rejected_count": run.rejected_count,
+        "duplicate_count": run.duplicate_count,
+        "api_calls": run.api_calls,
+        "retries": run.retries,
+        "pages": run.pages,
+        "processed_key": run.processed_key,
+        "rejected_key": run.rejected_key,
+        "dominance_basis": load["dominance_basis"],
+        "quality": quality,
+    }

@@ -1,0 +1,488 @@
+"""Every SQL statement the load runs, built as text + bind parameters (pure: no connector).
+
+Identifiers (database, schema, object names) are validated and written unquoted, so Snowflake
+upper-cases them; values are never formatted into SQL: they are ``%(name)s`` placeholders that
+the connector binds (its default ``pyformat`` style).
+
+The subset used here works both on Snowflake and through the fakesnow emulator server:
+``CREATE TABLE/VIEW ... IF NOT EXISTS / OR REPLACE`` with ``COPY GRANTS`` and ``COMMENT``,
+``CREATE TEMPORARY TABLE/STAGE`` (outside transactions), ``PUT`` with ``SOURCE_COMPRESSION``,
+``COPY INTO`` a table from a named stage (CSV, ``FORCE``, ``ON_ERROR = ABORT_STATEMENT``),
+``BEGIN``/``COMMIT``/``ROLLBACK``, ``DELETE``/``INSERT ... SELECT`` with bound values, ``MERGE``
+with conditional ``WHEN MATCHED`` clauses (autocommit only), ``MAX_BY``/``MIN_BY``, window
+functions. Not used because the emulator lacks them: ``DROP STAGE``, ``TO_CHAR`` with a format,
+``TO_TIMESTAMP_TZ(NULL)`` (use ``CAST``), ``COPY`` of a header-only file or with
+``FILES=/PATTERN=/ON_ERROR=CONTINUE``, ``GET_DDL``, ``QUERY_HISTORY``. Without ``FORCE`` the
+emulator skips a file name it loaded before into a table of the same name (its load history is
+keyed by names), so a retried load would copy nothing.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from functions.common.errors import ValidationError
+from functions.common.schema import PROCESSED_COLUMNS
+from functions.load.config import DEFAULT_DATABASE, DEFAULT_SCHEMA, validate_identifier
+
+CRYPTO_DATA = "CRYPTO_DATA"
+ASSET_DIM = "CRYPTO_ASSET_DIM"
+ETL_RUNS = "ETL_RUNS"
+DATE_DIM = "DATE_DIM"
+LATEST_SNAPSHOT = "LATEST_SNAPSHOT"
+DAILY_ROLLUP = "DAILY_ROLLUP"
+TOP_MOVERS = "TOP_MOVERS"
+TABLES = (CRYPTO_DATA, ASSET_DIM, ETL_RUNS)
+VIEWS = (DATE_DIM, LATEST_SNAPSHOT, DAILY_ROLLUP, TOP_MOVERS)  # creation order
+
+# TOP_MOVERS ranks 24h price moves among the top coins by market cap, per direction.
+TOP_MOVERS_UNIVERSE = 250
+TOP_MOVERS_PER_SIDE = 20
+
+# The processed file's columns, in file order, as Snowflake (upper-case) columns.
+DATA_COLUMNS: tuple[tuple[str, str], ...] = tuple((n.upper(), t) for n, t, _ in PROCESSED_COLUMNS)
+DATA_COLUMN_NAMES: tuple[str, ...] = tuple(n for n, _ in DATA_COLUMNS)
+_TYPES = dict(DATA_COLUMNS)
+_NOT_NULL = {"SNAPSHOT_ID", "COIN_ID"}
+
+ETL_RUN_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("SNAPSHOT_ID", "VARCHAR(80) NOT NULL"),
+    ("EXECUTION_ID", "VARCHAR(2048)"),
+    ("STATUS", "VARCHAR(16) NOT NULL"),
+    ("FETCHED_AT", "TIMESTAMP_TZ"),
+    ("FETCH_DATE", "DATE"),
+    ("LOAD_STARTED_AT", "TIMESTAMP_TZ"),
+    ("LOADED_AT", "TIMESTAMP_TZ NOT NULL"),
+    ("VS_CURRENCY", "VARCHAR(16)"),
+    ("COIN_COUNT", "INTEGER"),
+    ("ROWS_LOADED", "INTEGER"),
+    ("ROWS_INSERTED", "INTEGER"),
+    ("ROWS_REPLACED", "INTEGER"),
+    ("REJECTED_COUNT", "INTEGER"),
+    ("DUPLICATE_COUNT", "INTEGER"),
+    ("API_CALLS", "INTEGER"),
+    ("RETRIES", "INTEGER"),
+    ("PAGES", "INTEGER"),
+    ("PROCESSED_KEY", "VARCHAR(1024)"),
+    ("REJECTED_KEY", "VARCHAR(1024)"),
+    ("DOMINANCE_BASIS", "VARCHAR(16)"),
+    ("QUALITY", "VARCHAR"),
+)
+# Timestamps/dates are bound as ISO text and cast (CAST also passes NULL through on fakesnow,
+# where TO_TIMESTAMP_TZ(NULL) fails).
+_RUN_CASTS = {
+    "FETCHED_AT": "CAST({} AS TIMESTAMP_TZ)",
+    "LOAD_STARTED_AT": "CAST({} AS TIMESTAMP_TZ)",
+    "LOADED_AT": "CAST({} AS TIMESTAMP_TZ)",
+    "FETCH_DATE": "CAST({} AS DATE)",
+}
+
+_SAFE_PATH_RE = re.compile(r"^/[A-Za-z0-9_./+\-]+$")
+
+
+@dataclass(frozen=True)
+class Statement:
+    """One SQL statement, its bind parameters and a label naming the load step."""
+
+    label: str
+    sql: str
+    params: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Names:
+    """Fully qualified names of the warehouse objects in one database/schema."""
+
+    database: str = DEFAULT_DATABASE
+    schema: str = DEFAULT_SCHEMA
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "database", validate_identifier(self.database, "database"))
+        object.__setattr__(self, "schema", validate_identifier(self.schema, "schema"))
+
+    def q(self, name: str) -> str:
+        """``DATABASE.SCHEMA.NAME`` for a validated object name."""
+        return f"{self.database}.{self.schema}.{validate_identifier(name, 'object name')}"
+
+
+def _cols(names: tuple[str, ...] | list[str], prefix: str = "") -> str:
+    return ", ".join(f"{prefix}{n}" for n in names)
+
+
+# --- DDL -------------------------------------------------------------------------------------
+
+
+def create_crypto_data(n: Names) -> Statement:
+    cols = ",\n    ".join(
+        f"{c} {t}{' NOT NULL' if c in _NOT_NULL else ''}" for c, t in DATA_COLUMNS
+    )
+    return Statement(
+        f"create {CRYPTO_DATA}",
+        f"CREATE TABLE IF NOT EXISTS {n.q(CRYPTO_DATA)} (\n    {cols},\n"
+        "    LOADED_AT TIMESTAMP_TZ NOT NULL,\n"
+        "    CONSTRAINT CRYPTO_DATA_PK PRIMARY KEY (SNAPSHOT_ID, COIN_ID)\n)"
+        " COMMENT = 'One row per coin per CoinGecko /coins/markets snapshot (crypto-etl)'",
+    )
+
+
+def create_asset_dim(n: Names) -> Statement:
+    return Statement(
+        f"create {ASSET_DIM}",
+        f"CREATE TABLE IF NOT EXISTS {n.q(ASSET_DIM)} (\n"
+        f"    COIN_ID {_TYPES['COIN_ID']} NOT NULL,\n"
+        f"    SYMBOL {_TYPES['SYMBOL']},\n"
+        f"    NAME {_TYPES['NAME']},\n"
+        f"    IMAGE_URL {_TYPES['IMAGE_URL']},\n"
+        "    FIRST_SEEN_AT TIMESTAMP_TZ,\n"
+        "    LAST_SEEN_AT TIMESTAMP_TZ,\n"
+        f"    FIRST_SNAPSHOT_ID {_TYPES['SNAPSHOT_ID']},\n"
+        f"    LAST_SNAPSHOT_ID {_TYPES['SNAPSHOT_ID']},\n"
+        "    LAST_MARKET_CAP_RANK INTEGER,\n"
+        "    CONSTRAINT CRYPTO_ASSET_DIM_PK PRIMARY KEY (COIN_ID)\n)"
+        " COMMENT = 'One row per CoinGecko coin id: latest names, symbol, image; first/last seen'",
+    )
+
+
+def create_etl_runs(n: Names) -> Statement:
+    cols = ",\n    ".join(f"{c} {t}" for c, t in ETL_RUN_COLUMNS)
+    return Statement(
+        f"create {ETL_RUNS}",
+        f"CREATE TABLE IF NOT EXISTS {n.q(ETL_RUNS)} (\n    {cols}\n)"
+        " COMMENT = 'One row per successful load of a snapshot (per execution)'",
+    )
+
+
+def table_columns(n: Names, table: str) -> Statement:
+    """The columns a table has now (to detect a table created by an older version)."""
+    return Statement(
+        f"inspect {table}",
+        f"SELECT COLUMN_NAME FROM {n.database}.INFORMATION_SCHEMA.COLUMNS"
+        " WHERE TABLE_SCHEMA = %(schema)s AND TABLE_NAME = %(table)s",
+        {"schema": n.schema, "table": validate_identifier(table, "table")},
+    )
+
+
+def expected_columns(table: str) -> tuple[str, ...]:
+    """The columns this version of the load writes into ``table``."""
+    if table == CRYPTO_DATA:
+        return (*DATA_COLUMN_NAMES, "LOADED_AT")
+    if table == ETL_RUNS:
+        return tuple(c for c, _ in ETL_RUN_COLUMNS)
+    if table == ASSET_DIM:
+        return (
+            "COIN_ID", "SYMBOL", "NAME", "IMAGE_URL", "FIRST_SEEN_AT", "LAST_SEEN_AT",
+            "FIRST_SNAPSHOT_ID", "LAST_SNAPSHOT_ID", "LAST_MARKET_CAP_RANK",
+        )  # fmt: skip
+    raise ValueError(table)
+
+
+def create_tables(n: Names) -> list[Statement]:
+    """Idempotent DDL for the three tables."""
+    return [create_crypto_data(n), create_asset_dim(n), create_etl_runs(n)]
+
+
+# --- Views (reporting; also written out as looker/views.sql) ----------------------------------
+
+
+def _view(n: Names, name: str, comment: str, body: str) -> Statement:
+    return Statement(
+        f"create view {name}",
+        f"CREATE OR REPLACE VIEW {n.q(name)} COPY GRANTS\n"
+        f"    COMMENT = '{comment}'\nAS\n{body.strip()}",
+    )
+
+
+def create_views(n: Names) -> list[Statement]:
+    """``CREATE OR REPLACE VIEW ... COPY GRANTS`` for DATE_DIM and the Looker views."""
+    data = n.q(CRYPTO_DATA)
+    date_dim = _view(
+        n,
+        DATE_DIM,
+        "Calendar attributes of every FETCH_DATE present in CRYPTO_DATA",
+        f"""
+SELECT DISTINCT
+    FETCH_DATE AS DATE_KEY,
+    YEAR(FETCH_DATE) AS CALENDAR_YEAR,
+    QUARTER(FETCH_DATE) AS CALENDAR_QUARTER,
+    MONTH(FETCH_DATE) AS MONTH_NUMBER,
+    MONTHNAME(FETCH_DATE) AS MONTH_NAME,
+    CAST(DATE_TRUNC('MONTH', FETCH_DATE) AS DATE) AS MONTH_START,
+    WEEKISO(FETCH_DATE) AS ISO_WEEK,
+    CAST(DATE_TRUNC('WEEK', FETCH_DATE) AS DATE) AS WEEK_START,
+    DAY(FETCH_DATE) AS DAY_OF_MONTH,
+    DAYOFYEAR(FETCH_DATE) AS DAY_OF_YEAR,
+    DAYOFWEEKISO(FETCH_DATE) AS ISO_DAY_OF_WEEK,
+    DAYNAME(FETCH_DATE) AS DAY_NAME,
+    DAYOFWEEKISO(FETCH_DATE) >= 6 AS IS_WEEKEND
+FROM {data}
+WHERE FETCH_DATE IS NOT NULL
+""",
+    )
+    latest = _view(
+        n,
+        LATEST_SNAPSHOT,
+        "Every coin of the most recent snapshot (by FETCHED_AT, then LOADED_AT)",
+        f"""
+SELECT D.*
+FROM {data} AS D
+WHERE D.SNAPSHOT_ID = (
+    SELECT L.SNAPSHOT_ID
+    FROM {data} AS L
+    ORDER BY L.FETCHED_AT DESC, L.LOADED_AT DESC, L.SNAPSHOT_ID DESC
+    LIMIT 1
+)
+""",
+    )
+    open_price = "MIN_BY(CURRENT_PRICE, FETCHED_AT)"
+    close_price = "MAX_BY(CURRENT_PRICE, FETCHED_AT)"
+    daily = _view(
+        n,
+        DAILY_ROLLUP,
+        "Per day, currency and coin: open/high/low/close price and averages over the snapshots",
+        f"""
+SELECT
+    FETCH_DATE,
+    VS_CURRENCY,
+    COIN_ID,
+    MAX_BY(SYMBOL, FETCHED_AT) AS SYMBOL,
+    MAX_BY(NAME, FETCHED_AT) AS NAME,
+    COUNT(*) AS SNAPSHOTS,
+    MIN(FETCHED_AT) AS FIRST_FETCHED_AT,
+    MAX(FETCHED_AT) AS LAST_FETCHED_AT,
+    {open_price} AS OPEN_PRICE,
+    MAX(CURRENT_PRICE) AS HIGH_PRICE,
+    MIN(CURRENT_PRICE) AS LOW_PRICE,
+    {close_price} AS CLOSE_PRICE,
+    ({close_price} - {open_price}) / NULLIF({open_price}, 0) * 100 AS DAY_CHANGE_PCT,
+    AVG(MARKET_CAP) AS AVG_MARKET_CAP,
+    MAX_BY(MARKET_CAP, FETCHED_AT) AS CLOSE_MARKET_CAP,
+    MAX_BY(MARKET_CAP_RANK, FETCHED_AT) AS CLOSE_MARKET_CAP_RANK,
+    AVG(TOTAL_VOLUME) AS AVG_TOTAL_VOLUME,
+    AVG(MARKET_CAP_DOMINANCE_PCT) AS AVG_DOMINANCE_PCT,
+    MAX_BY(MARKET_CAP_DOMINANCE_PCT, FETCHED_AT) AS CLOSE_DOMINANCE_PCT,
+    AVG(VOLUME_PCT) AS AVG_VOLUME_PCT
+FROM {data}
+GROUP BY FETCH_DATE, VS_CURRENCY, COIN_ID
+""",
+    )
+    direction = "CASE WHEN PRICE_CHANGE_PERCENTAGE_24H >= 0 THEN 'GAINER' ELSE 'LOSER' END"
+    movers = _view(
+        n,
+        TOP_MOVERS,
+        f"Latest snapshot: the {TOP_MOVERS_PER_SIDE} biggest 24h gainers and losers among the"
+        f" top {TOP_MOVERS_UNIVERSE} coins by market cap",
+        f"""
+SELECT M.*
+FROM (
+    SELECT
+        SNAPSHOT_ID,
+        FETCHED_AT,
+        VS_CURRENCY,
+        COIN_ID,
+        SYMBOL,
+        NAME,
+        IMAGE_URL,
+        MARKET_CAP_RANK,
+        CURRENT_PRICE,
+        MARKET_CAP,
+        TOTAL_VOLUME,
+        PRICE_CHANGE_24H,
+        PRICE_CHANGE_PERCENTAGE_24H,
+        {direction} AS DIRECTION,
+        ROW_NUMBER() OVER (
+            PARTITION BY {direction}
+            ORDER BY ABS(PRICE_CHANGE_PERCENTAGE_24H) DESC, MARKET_CAP_RANK, COIN_ID
+        ) AS MOVE_RANK
+    FROM {n.q(LATEST_SNAPSHOT)}
+    WHERE PRICE_CHANGE_PERCENTAGE_24H IS NOT NULL
+      AND MARKET_CAP_RANK <= {TOP_MOVERS_UNIVERSE}
+) AS M
+WHERE M.MOVE_RANK <= {TOP_MOVERS_PER_SIDE}
+""",
+    )
+    return [date_dim, latest, daily, movers]
+
+
+def views_script(database: str = DEFAULT_DATABASE, schema: str = DEFAULT_SCHEMA) -> str:
+    """The reporting views as one SQL script (the content of ``looker/views.sql``)."""
+    n = Names(database, schema)
+    header = (
+        "-- crypto-etl reporting views for Looker Studio (generated by\n"
+        "-- functions.load.sql.views_script; the Load Lambda creates them on every run).\n"
+        f"-- Database {n.database}, schema {n.schema}: run with a role that owns the schema, e.g.\n"
+        "--   snowsql -f looker/views.sql\n"
+        "-- Regenerate: python -m functions.load.sql > looker/views.sql\n"
+    )
+    body = "\n\n".join(f"{s.sql};" for s in create_views(n))
+    return f"{header}\n{body}\n"
+
+
+# --- Staging: temporary table, temporary stage, PUT, COPY --------------------------------------
+
+
+def create_staging_table(table: str) -> Statement:
+    """A session-scoped table shaped exactly like the processed file (COPY maps by position)."""
+    cols = ", ".join(f"{c} {t}" for c, t in DATA_COLUMNS)
+    return Statement(
+        "create staging table",
+        f"CREATE TEMPORARY TABLE {validate_identifier(table, 'staging table')} ({cols})",
+    )
+
+
+def create_stage(stage: str) -> Statement:
+    return Statement(
+        "create stage", f"CREATE TEMPORARY STAGE {validate_identifier(stage, 'stage')}"
+    )
+
+
+def put_file(local_file: Path, stage: str) -> Statement:
+    """Upload the (already gzip'd) processed file to the stage as is."""
+    path = Path(local_file).resolve().as_posix()
+    if not _SAFE_PATH_RE.match(path):
+        raise ValidationError(
+            "local_file", f"{path!r} must be an absolute path of letters, digits and _ . / + -"
+        )
+    return Statement(
+        "put file",
+        f"PUT 'file://{path}' @{validate_identifier(stage, 'stage')}"
+        " AUTO_COMPRESS = FALSE SOURCE_COMPRESSION = GZIP OVERWRITE = TRUE",
+    )
+
+
+def copy_into_staging(table: str, stage: str) -> Statement:
+    """CSV with a header row, NULL = empty field; FORCE so a retry reloads a staged file."""
+    return Statement(
+        "copy into staging",
+        f"COPY INTO {validate_identifier(table, 'staging table')}"
+        f" FROM @{validate_identifier(stage, 'stage')}"
+        " FILE_FORMAT = (TYPE = CSV SKIP_HEADER = 1 FIELD_OPTIONALLY_ENCLOSED_BY = '\"'"
+        " NULL_IF = ('') EMPTY_FIELD_AS_NULL = TRUE COMPRESSION = GZIP)"
+        " ON_ERROR = ABORT_STATEMENT FORCE = TRUE",
+    )
+
+
+def staging_profile(table: str) -> Statement:
+    """Row count, distinct/non-null coin ids, snapshot id range and dominance basis range."""
+    return Statement(
+        "check staging",
+        "SELECT COUNT(*), COUNT(DISTINCT COIN_ID), COUNT(COIN_ID), COUNT(SNAPSHOT_ID),"
+        " MIN(SNAPSHOT_ID), MAX(SNAPSHOT_ID), MIN(DOMINANCE_BASIS), MAX(DOMINANCE_BASIS)"
+        f" FROM {validate_identifier(table, 'staging table')}",
+    )
+
+
+def drop_staging_table(table: str) -> Statement:
+    return Statement(
+        "drop staging table",
+        f"DROP TABLE IF EXISTS {validate_identifier(table, 'staging table')}",
+    )
+
+
+# --- The transaction -------------------------------------------------------------------------
+
+BEGIN = Statement("begin", "BEGIN")
+COMMIT = Statement("commit", "COMMIT")
+ROLLBACK = Statement("rollback", "ROLLBACK")
+
+
+def count_existing(n: Names, staging: str, snapshot_id: str) -> Statement:
+    """(rows of the snapshot already loaded, staged coin ids not yet loaded for it)."""
+    data = n.q(CRYPTO_DATA)
+    stg = validate_identifier(staging, "staging table")
+    return Statement(
+        "count existing rows",
+        f"SELECT (SELECT COUNT(*) FROM {data} WHERE SNAPSHOT_ID = %(snapshot_id)s),"
+        f" (SELECT COUNT(*) FROM {stg} AS S LEFT JOIN {data} AS D"
+        " ON D.SNAPSHOT_ID = %(snapshot_id)s AND D.COIN_ID = S.COIN_ID WHERE D.COIN_ID IS NULL)",
+        {"snapshot_id": snapshot_id},
+    )
+
+
+def delete_snapshot(n: Names, snapshot_id: str) -> Statement:
+    return Statement(
+        "delete snapshot",
+        f"DELETE FROM {n.q(CRYPTO_DATA)} WHERE SNAPSHOT_ID = %(snapshot_id)s",
+        {"snapshot_id": snapshot_id},
+    )
+
+
+def insert_snapshot(n: Names, staging: str, loaded_at: str) -> Statement:
+    """Copy the staged rows into CRYPTO_DATA with one LOADED_AT (ISO-8601 text) for all."""
+    cols = _cols(DATA_COLUMN_NAMES)
+    return Statement(
+        "insert snapshot",
+        f"INSERT INTO {n.q(CRYPTO_DATA)} ({cols}, LOADED_AT)"
+        f" SELECT {cols}, CAST(%(loaded_at)s AS TIMESTAMP_TZ)"
+        f" FROM {validate_identifier(staging, 'staging table')}",
+        {"loaded_at": loaded_at},
+    )
+
+
+def delete_run(n: Names, snapshot_id: str, execution_id: str) -> Statement:
+    """A retried Load task of the same execution replaces its own run-log row."""
+    return Statement(
+        "delete run log row",
+        f"DELETE FROM {n.q(ETL_RUNS)}"
+        " WHERE SNAPSHOT_ID = %(snapshot_id)s AND EXECUTION_ID = %(execution_id)s",
+        {"snapshot_id": snapshot_id, "execution_id": execution_id},
+    )
+
+
+def insert_run(n: Names, values: Mapping[str, Any]) -> Statement:
+    """One ETL_RUNS row; ``values`` maps lower-case column names to Python values."""
+    names = [c for c, _ in ETL_RUN_COLUMNS]
+    unknown = set(values) - {c.lower() for c in names}
+    if unknown:
+        raise ValueError(f"unknown ETL_RUNS columns: {sorted(unknown)}")
+    placeholders = [_RUN_CASTS.get(c, "{}").format(f"%({c.lower()})s") for c in names]
+    return Statement(
+        "insert run log row",
+        f"INSERT INTO {n.q(ETL_RUNS)} ({_cols(names)}) VALUES ({', '.join(placeholders)})",
+        {c.lower(): values.get(c.lower()) for c in names},
+    )
+
+
+# --- After the commit (autocommit) -------------------------------------------------------------
+
+
+def merge_asset_dim(n: Names, staging: str) -> Statement:
+    """Upsert one row per staged coin; replaying any snapshot converges to the same state.
+
+    A newer (or the same) snapshot refreshes names, symbol, image, last seen and rank; an older
+    one can only move FIRST_SEEN_AT back.
+    """
+    stg = validate_identifier(staging, "staging table")
+    return Statement(
+        f"merge {ASSET_DIM}",
+        f"""MERGE INTO {n.q(ASSET_DIM)} AS D
+USING (
+    SELECT COIN_ID, SYMBOL, NAME, IMAGE_URL, FETCHED_AT, SNAPSHOT_ID, MARKET_CAP_RANK
+    FROM {stg}
+) AS S
+ON D.COIN_ID = S.COIN_ID
+WHEN MATCHED AND S.FETCHED_AT >= D.LAST_SEEN_AT THEN UPDATE SET
+    SYMBOL = S.SYMBOL,
+    NAME = S.NAME,
+    IMAGE_URL = S.IMAGE_URL,
+    LAST_SEEN_AT = S.FETCHED_AT,
+    LAST_SNAPSHOT_ID = S.SNAPSHOT_ID,
+    LAST_MARKET_CAP_RANK = S.MARKET_CAP_RANK
+WHEN MATCHED AND S.FETCHED_AT < D.FIRST_SEEN_AT THEN UPDATE SET
+    FIRST_SEEN_AT = S.FETCHED_AT,
+    FIRST_SNAPSHOT_ID = S.SNAPSHOT_ID
+WHEN NOT MATCHED THEN INSERT (
+    COIN_ID, SYMBOL, NAME, IMAGE_URL, FIRST_SEEN_AT, LAST_SEEN_AT,
+    FIRST_SNAPSHOT_ID, LAST_SNAPSHOT_ID, LAST_MARKET_CAP_RANK
+) VALUES (
+    S.COIN_ID, S.SYMBOL, S.NAME, S.IMAGE_URL, S.FETCHED_AT, S.FETCHED_AT,
+    S.SNAPSHOT_ID, S.SNAPSHOT_ID, S.MARKET_CAP_RANK
+)""",
+    )
+
+
+if __name__ == "__main__":  # pragma: no cover - regenerates looker/views.sql
+    print(views_script(), end="")

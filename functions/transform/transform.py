@@ -1,0 +1,636 @@
+"""Raw CoinGecko ``/coins/markets`` pages -> the processed table (pure: pandas only, no I/O).
+
+Every step works on whole columns (no per-row Python loops). The rules, decided here:
+
+Rows and pages
+    Pages are concatenated in page-number order. Each page is cut to the row count its manifest
+    entry says the Extract kept (a page body is stored exactly as received, so it may hold more),
+    then the whole list to ``max_coins``. Rows cut that way are not input (``rows_trimmed``).
+    A page with fewer rows than its manifest count means the lake is inconsistent: ValidationError.
+
+Accounting
+    Every input row ends up in exactly one place: ``rows_in == rows_out + rejected + duplicates``.
+    Rows are validated first; duplicates are then removed among the *valid* rows by ``id``,
+    keeping the first occurrence (the higher-ranked page). A row that is both invalid and a
+    repeat of another id counts as rejected, not as a duplicate.
+
+Rejects (the row goes to ``rejected/`` with ``reject_reason`` listing every code, ``"; "``-joined)
+    ``not_an_object``                 the list entry is not a JSON object;
+    ``missing_id``                    ``id`` absent, null, empty or only whitespace;
+    ``invalid_type:<field>``          ``id``/``symbol``/``name``/``roi.currency`` not a string,
+                                      ``image`` neither a string nor an object, ``roi`` not an
+                                      object;
+    ``too_long:<column>``             text longer than its Snowflake VARCHAR (the COPY would abort);
+    ``invalid_number:<column>``       a number field holding something that is not a finite number
+                                      (booleans, objects, ``"abc"``, ``""``, ``"inf"``), or a
+                                      non-integral / out-of-range ``market_cap_rank``;
+    ``invalid_timestamp:<column>``    a timestamp field that is not an ISO-8601 string;
+    ``negative:<column>``             ``current_price``, ``market_cap`` or ``total_volume`` < 0.
+    Invalid values are never silently nulled: a garbled number marks a broken row, and the rejected
+    file keeps the offending raw values in ``reject_detail`` (with ``source_page``/``source_row``).
+
+Types
+    Numbers: JSON ints, floats, and numeric strings (``"1.2e-7"``, ``" 12 "``) -> float64; null,
+    absent key or NaN -> NULL. ``market_cap_rank`` -> nullable Int64. Timestamps: ISO-8601 strings
+    with ``Z``, an offset, or none (taken as UTC) -> UTC. Text is kept exactly as given
+    (``symbol`` is NOT lower-cased: CoinGecko already sends it lower-case, and ``id`` is the key,
+    not ``symbol``); an empty string is NULL (the CSV cannot tell them apart anyway).
+
+Nested and dropped fields
+    ``image``: a URL string, or an object whose first non-empty string of ``large``, ``small``,
+    ``thumb`` is taken -> ``image_url``. ``roi`` (``{times, currency, percentage}`` or null) ->
+    ``roi_times``, ``roi_currency``, ``roi_percentage`` (all NULL when ``roi`` is null). Every other
+    field is dropped (e.g. ``sparkline_in_7d``, ``price_change_percentage_*_in_currency`` when
+    requested, anything CoinGecko adds later); their names are listed in ``quality.dropped_fields``.
+
+Dominance
+    ``market_cap_dominance_pct = market_cap / global.data.total_market_cap[vs] * 100`` and
+    ``volume_pct = total_volume / global.data.total_volume[vs] * 100`` with
+    ``dominance_basis = 'global'``, when ``/global`` gives both totals for the currency as positive
+    finite numbers. Otherwise (no body, error body, currency missing, zero) both use the sums of
+    the accepted rows' caps / volumes and ``dominance_basis = 'fetched'`` (one flag per snapshot, so
+    both percentages always share a basis). A NULL market cap (volume) gives a NULL percentage;
+    a zero denominator gives NULL percentages.
+
+Quality checks (reported in ``quality.checks``; only "no valid rows" raises DataQualityError)
+    rows accounted for, coin ids unique, ranks positive, dominance sum <= 100 (+1e-6), volume sum
+    <= 200 (each trade is counted once for each of its two coins, so per-coin volumes add up to
+    more than /global's total: a matched real capture gives ~125%).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from operator import methodcaller
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from functions.common.errors import DataQualityError, ValidationError
+from functions.common.schema import COLUMN_NAMES, PROCESSED_COLUMNS, REJECT_REASON_COLUMN
+
+BASIS_GLOBAL = "global"
+BASIS_FETCHED = "fetched"
+SUM_EPSILON = 1e-6
+
+# Extra columns of the rejected file (after the processed columns and the reason).
+REJECT_DETAIL_COLUMN = "reject_detail"
+REJECT_EXTRA_COLUMNS: tuple[str, ...] = (
+    REJECT_REASON_COLUMN,
+    REJECT_DETAIL_COLUMN,
+    "source_page",
+    "source_row",
+)
+REJECTED_COLUMNS: tuple[str, ...] = (*COLUMN_NAMES, *REJECT_EXTRA_COLUMNS)
+
+# The source fields this transform reads; everything else is dropped (and reported).
+USED_FIELDS = frozenset(
+    {
+        "id",
+        "symbol",
+        "name",
+        "image",
+        "roi",
+        *(
+            name
+            for name, _, kind in PROCESSED_COLUMNS
+            if kind in ("float", "int", "timestamp") and not name.startswith("roi_")
+        ),
+    }
+)
+_DERIVED = frozenset(
+    {
+        "snapshot_id",
+        "fetched_at",
+        "fetch_date",
+        "vs_currency",
+        "coin_id",
+        "image_url",
+        "roi_times",
+        "roi_currency",
+        "roi_percentage",
+        "market_cap_dominance_pct",
+        "volume_pct",
+        "dominance_basis",
+    }
+)
+NEGATIVE_CHECKED = ("current_price", "market_cap", "total_volume")
+NULL_COUNTED = (
+    "symbol",
+    "name",
+    "current_price",
+    "market_cap",
+    "market_cap_rank",
+    "total_volume",
+    "last_updated",
+    "market_cap_dominance_pct",
+    "volume_pct",
+)
+_IMAGE_SIZES = ("large", "small", "thumb")
+_MAX_EXACT_INT = 2.0**53
+_VARCHAR_RE = re.compile(r"^VARCHAR\((\d+)\)$")
+_MAX_LEN = {
+    name: int(m.group(1))
+    for name, sqltype, _ in PROCESSED_COLUMNS
+    if (m := _VARCHAR_RE.match(sqltype)) is not None
+}
+
+
+@dataclass
+class TransformResult:
+    """The processed rows, the refused rows (with reasons) and the quality summary."""
+
+    processed: pd.DataFrame
+    rejected: pd.DataFrame
+    quality: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def row_count(self) -> int:
+        return len(self.processed)
+
+    @property
+    def rejected_count(self) -> int:
+        return len(self.rejected)
+
+    @property
+    def duplicate_count(self) -> int:
+        return int(self.quality.get("duplicates", 0))
+
+
+# --- column normalisers: each returns (values, invalid mask) -------------------------------
+
+
+def _types(obj: pd.Series) -> pd.Series:
+    return obj.map(type)
+
+
+def _as_object(raw: pd.Series) -> pd.Series:
+    return raw.astype(object)
+
+
+def _to_float(raw: pd.Series) -> tuple[pd.Series, pd.Series]:
+    """Numbers and numeric strings -> float64; anything else that is present is invalid."""
+    if (pd.api.types.is_float_dtype(raw) or pd.api.types.is_integer_dtype(raw)) and not (
+        pd.api.types.is_bool_dtype(raw)
+    ):
+        values = raw.astype("float64")
+        invalid = values.notna() & ~np.isfinite(values)
+        return values.where(~invalid), invalid
+    obj = _as_object(raw)
+    present = obj.notna()
+    usable = _types(obj).isin([int, float, str])  # bool is a subclass, but type() is exact
+    values = pd.to_numeric(obj.where(usable), errors="coerce").astype("float64")
+    invalid = present & ~np.isfinite(values)
+    return values.where(~invalid), invalid
+
+
+def _to_int(raw: pd.Series) -> tuple[pd.Series, pd.Series]:
+    """Like ``_to_float`` but the value must be integral (and exactly representable)."""
+    values, invalid = _to_float(raw)
+    bad = values.notna() & ((values != np.floor(values)) | (values.abs() > _MAX_EXACT_INT))
+    invalid = invalid | bad
+    return values.where(~invalid).astype("Int64"), invalid
+
+
+def _text_len(values: pd.Series) -> pd.Series:
+    """Length of each string (0 for NA) of an object Series holding only str or NA."""
+    return values.map(len, na_action="ignore").fillna(0).astype("int64")
+
+
+def _nonempty_str(obj: pd.Series) -> pd.Series:
+    """The non-empty strings of ``obj``; everything else NA (object dtype)."""
+    strings = obj.where(_types(obj).eq(str)).astype(object)
+    return strings.where(_text_len(strings) > 0)
+
+
+def _to_text(raw: pd.Series, max_len: int) -> tuple[pd.Series, pd.Series, pd.Series]:
+    """Strings as given ('' -> NULL); returns (values, wrong-type mask, too-long mask)."""
+    obj = _as_object(raw)
+    is_str = _types(obj).eq(str)
+    wrong_type = obj.notna() & ~is_str
+    values = _nonempty_str(obj)
+    too_long = _text_len(values) > max_len
+    return values, wrong_type, too_long
+
+
+def _to_timestamp(raw: pd.Series) -> tuple[pd.Series, pd.Series]:
+    """ISO-8601 strings (Z, offsets, or naive = UTC) -> datetime64 UTC; others invalid."""
+    obj = _as_object(raw)
+    is_str = _types(obj).eq(str)
+    parsed = pd.to_datetime(obj.where(is_str), utc=True, errors="coerce", format="ISO8601")
+    invalid = obj.notna() & parsed.isna()
+    return parsed, invalid
+
+
+def _dict_get(dicts: pd.Series, key: str) -> pd.Series:
+    """``d.get(key)`` for a Series holding dicts or NA."""
+    return dicts.map(methodcaller("get", key), na_action="ignore").astype(object)
+
+
+def _image_url(raw: pd.Series) -> tuple[pd.Series, pd.Series]:
+    """A URL string, or the first non-empty of large/small/thumb of an object."""
+    obj = _as_object(raw)
+    kinds = _types(obj)
+    is_str, is_dict = kinds.eq(str), kinds.eq(dict)
+    invalid = obj.notna() & ~is_str & ~is_dict
+    url = _nonempty_str(obj)
+    if is_dict.any():
+        dicts = obj.where(is_dict)
+        for size in _IMAGE_SIZES:
+            url = url.where(url.notna(), _nonempty_str(_dict_get(dicts, size)))
+    return url, invalid
+
+
+# --- page assembly ----------------------------------------------------------------------------
+
+
+def _page_entries(manifest: Mapping[str, Any], n_pages: int) -> list[tuple[int, int | None]]:
+    entries = manifest.get("pages")
+    if not isinstance(entries, list):
+        raise ValidationError("manifest.pages", f"must be a list, not {type(entries).__name__}")
+    if len(entries) != n_pages:
+        raise ValidationError(
+            "manifest.pages", f"lists {len(entries)} pages but {n_pages} page bodies were given"
+        )
+    out: list[tuple[int, int | None]] = []
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, Mapping):
+            raise ValidationError(f"manifest.pages[{i}]", "must be an object")
+        page, count = entry.get("page"), entry.get("count")
+        if isinstance(page, bool) or not isinstance(page, int) or page < 1:
+            raise ValidationError(f"manifest.pages[{i}].page", f"{page!r} must be an integer >= 1")
+        bad_count = isinstance(count, bool) or not isinstance(count, int) or count < 0
+        if count is not None and bad_count:
+            raise ValidationError(
+                f"manifest.pages[{i}].count", f"{count!r} must be an integer >= 0"
+            )
+        out.append((page, count))
+    numbers = [p for p, _ in out]
+    if len(set(numbers)) != len(numbers):
+        raise ValidationError("manifest.pages", f"repeats page numbers: {numbers}")
+    return out
+
+
+def _assemble(
+    manifest: Mapping[str, Any], pages: Sequence[Any], max_coins: int | None
+) -> tuple[list[Any], np.ndarray, np.ndarray, int]:
+    """Rows in page order, cut to the manifest counts and max_coins; (rows, page, row, trimmed)."""
+    entries = _page_entries(manifest, len(pages))
+    order = sorted(range(len(pages)), key=lambda i: entries[i][0])
+    rows: list[Any] = []
+    page_nums: list[np.ndarray] = []
+    row_nums: list[np.ndarray] = []
+    trimmed = 0
+    for i in order:
+        page, count = entries[i]
+        body = pages[i]
+        if not isinstance(body, list):
+            raise ValidationError(
+                f"page {page}", f"body must be a JSON list of coins, not {type(body).__name__}"
+            )
+        keep = len(body) if count is None else count
+        if keep > len(body):
+            raise ValidationError(
+                f"page {page}", f"holds {len(body)} rows but the manifest count is {keep}"
+            )
+        trimmed += len(body) - keep
+        rows.extend(body[:keep])
+        page_nums.append(np.full(keep, page, dtype=np.int64))
+        row_nums.append(np.arange(1, keep + 1, dtype=np.int64))
+    page_arr = np.concatenate(page_nums) if page_nums else np.empty(0, dtype=np.int64)
+    row_arr = np.concatenate(row_nums) if row_nums else np.empty(0, dtype=np.int64)
+    if max_coins is not None and len(rows) > max_coins:
+        trimmed += len(rows) - max_coins
+        rows, page_arr, row_arr = rows[:max_coins], page_arr[:max_coins], row_arr[:max_coins]
+    return rows, page_arr, row_arr, trimmed
+
+
+def _frame(rows: list[Any]) -> tuple[pd.DataFrame, pd.Series]:
+    """A DataFrame of the JSON objects (positional index) and the not-an-object mask."""
+    entries = pd.Series(rows, dtype=object)
+    is_obj = _types(entries).eq(dict) if len(entries) else pd.Series([], dtype=bool)
+    if bool(is_obj.all()):
+        frame = pd.DataFrame.from_records(rows) if rows else pd.DataFrame()
+    else:
+        objs = entries[is_obj]
+        frame = pd.DataFrame.from_records(objs.tolist(), index=objs.index)
+        frame = frame.reindex(entries.index)
+    frame.index = pd.RangeIndex(len(rows))
+    return frame, (~is_obj).reset_index(drop=True)
+
+
+# --- dominance ------------------------------------------------------------------------------
+
+
+def _positive_number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        return None
+    return number if math.isfinite(number) and number > 0 else None
+
+
+def global_totals(global_body: Any, vs_currency: str) -> tuple[float | None, float | None, str]:
+    """(total market cap, total volume, why not) from a ``/global`` body for ``vs_currency``."""
+    vs = vs_currency.lower()
+    if global_body is None:
+        return None, None, "no /global body"
+    data = global_body.get("data") if isinstance(global_body, Mapping) else None
+    if not isinstance(data, Mapping):
+        return None, None, "the /global body has no 'data' object"
+    found: list[float | None] = []
+    problems: list[str] = []
+    for name in ("total_market_cap", "total_volume"):
+        table = data.get(name)
+        raw = table.get(vs) if isinstance(table, Mapping) else None
+        value = _positive_number(raw)
+        found.append(value)
+        if value is None:
+            what = "lacks" if raw is None else f"has {raw!r} for"
+            problems.append(f"data.{name} {what} {vs!r}")
+    return found[0], found[1], "; ".join(problems)
+
+
+def _percent(values: pd.Series, total: float | None) -> pd.Series:
+    if total is None or not math.isfinite(total) or total <= 0:
+        return pd.Series(np.nan, index=values.index, dtype="float64")
+    return values / total * 100.0
+
+
+# --- the transform ----------------------------------------------------------------------------
+
+
+def _short_repr(value: Any) -> str:
+    """``repr`` of a raw value, ``null`` for JSON null / absent (pandas turns None into NaN)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "null"
+    text = repr(value)
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+class _Problems:
+    """Accumulates reason codes and raw-value details per row, column by column."""
+
+    def __init__(self, n: int) -> None:
+        self.reasons = np.full(n, "", dtype=object)
+        self.details = np.full(n, "", dtype=object)
+        self.counts: dict[str, int] = {}
+
+    def add(
+        self, code: str, mask: pd.Series, raw: pd.Series | None = None, label: str = ""
+    ) -> None:
+        """Mark the rows of ``mask`` with ``code``; note ``label=<raw value>`` in the detail."""
+        flags = mask.to_numpy(dtype=bool)
+        hits = int(flags.sum())
+        if not hits:
+            return
+        self.counts[code] = self.counts.get(code, 0) + hits
+        current = self.reasons[flags]
+        self.reasons[flags] = np.where(current == "", code, current + "; " + code)
+        if raw is not None:
+            shown = raw[mask].map(_short_repr).to_numpy(dtype=object)
+            item = (label or code) + "=" + shown
+            current = self.details[flags]
+            self.details[flags] = np.where(current == "", item, current + "; " + item)
+
+    @property
+    def rejected(self) -> np.ndarray:
+        return self.reasons != ""
+
+
+def _normalise(
+    frame: pd.DataFrame, not_object: pd.Series, problems: _Problems
+) -> dict[str, pd.Series]:
+    """Typed source columns keyed by processed column name; problems recorded as found."""
+    n = len(frame)
+    empty = pd.Series([None] * n, index=frame.index, dtype=object)
+
+    def raw(name: str) -> pd.Series:
+        return frame[name] if name in frame.columns else empty
+
+    cols: dict[str, pd.Series] = {}
+    # id: the key
+    ids, wrong, too_long = _to_text(raw("id"), _MAX_LEN["coin_id"])
+    stripped = ids.map(methodcaller("strip"), na_action="ignore")
+    blank = ((ids.isna() & ~wrong) | stripped.eq("")) & ~not_object
+    problems.add("missing_id", blank, raw("id"), "id")
+    problems.add("invalid_type:id", wrong, raw("id"), "id")
+    problems.add("too_long:coin_id", too_long, raw("id"), "id")
+    cols["coin_id"] = ids.where(~too_long)
+    for name in ("symbol", "name"):
+        values, wrong, too_long = _to_text(raw(name), _MAX_LEN[name])
+        problems.add(f"invalid_type:{name}", wrong, raw(name), name)
+        problems.add(f"too_long:{name}", too_long, raw(name), name)
+        cols[name] = values.where(~too_long)
+    url, wrong = _image_url(raw("image"))
+    too_long = _text_len(url) > _MAX_LEN["image_url"]
+    problems.add("invalid_type:image", wrong, raw("image"), "image")
+    problems.add("too_long:image_url", too_long, raw("image"), "image")
+    cols["image_url"] = url.where(~too_long)
+
+    for name, _, kind in PROCESSED_COLUMNS:
+        if name in _DERIVED:
+            continue
+        if kind == "float":
+            cols[name], bad = _to_float(raw(name))
+            problems.add(f"invalid_number:{name}", bad, raw(name), name)
+        elif kind == "int":
+            cols[name], bad = _to_int(raw(name))
+            problems.add(f"invalid_number:{name}", bad, raw(name), name)
+        elif kind == "timestamp":
+            cols[name], bad = _to_timestamp(raw(name))
+            problems.add(f"invalid_timestamp:{name}", bad, raw(name), name)
+
+    roi = _as_object(raw("roi"))
+    is_dict = _types(roi).eq(dict)
+    problems.add("invalid_type:roi", roi.notna() & ~is_dict, roi, "roi")
+    dicts = roi.where(is_dict)
+    for part in ("times", "percentage"):
+        sub = _dict_get(dicts, part) if is_dict.any() else empty
+        cols[f"roi_{part}"], bad = _to_float(sub)
+        problems.add(f"invalid_number:roi_{part}", bad, sub, f"roi.{part}")
+    sub = _dict_get(dicts, "currency") if is_dict.any() else empty
+    currency, wrong, too_long = _to_text(sub, _MAX_LEN["roi_currency"])
+    problems.add("invalid_type:roi.currency", wrong, sub, "roi.currency")
+    problems.add("too_long:roi_currency", too_long, sub, "roi.currency")
+    cols["roi_currency"] = currency.where(~too_long)
+
+    for name in NEGATIVE_CHECKED:
+        problems.add(f"negative:{name}", cols[name].lt(0).fillna(False), cols[name], name)
+    return cols
+
+
+def _quality_checks(
+    processed: pd.DataFrame, rows_in: int, rejected: int, duplicates: int
+) -> tuple[list[dict[str, Any]], float, float]:
+    dominance_sum = float(processed["market_cap_dominance_pct"].sum(skipna=True))
+    volume_sum = float(processed["volume_pct"].sum(skipna=True))
+    ranks = processed["market_cap_rank"].dropna()
+    bad_ranks = int((ranks <= 0).sum())
+    repeated = int(processed["coin_id"].duplicated().sum())
+    rows_out = len(processed)
+    checks = [
+        {
+            "name": "has_rows",
+            "passed": rows_out > 0,
+            "detail": f"{rows_out} valid rows",
+        },
+        {
+            "name": "rows_accounted",
+            "passed": rows_in == rows_out + rejected + duplicates,
+            "detail": f"in {rows_in} = out {rows_out} + rejected {rejected} + dup {duplicates}",
+        },
+        {
+            "name": "unique_coin_ids",
+            "passed": repeated == 0,
+            "detail": f"{repeated} repeated coin ids",
+        },
+        {
+            "name": "ranks_positive",
+            "passed": bad_ranks == 0,
+            "detail": f"{bad_ranks} ranks <= 0 ({len(ranks)} non-null)",
+        },
+        {
+            "name": "dominance_sum_le_100",
+            "passed": dominance_sum <= 100.0 + SUM_EPSILON,
+            "detail": f"sum of market_cap_dominance_pct = {dominance_sum:.6f}",
+        },
+        {
+            # A coin's volume counts every trade it is either side of, so the coins' volumes
+            # can add up to twice the market's (real captures show ~125% of /global's total).
+            "name": "volume_sum_le_200",
+            "passed": volume_sum <= 200.0 + SUM_EPSILON,
+            "detail": f"sum of volume_pct = {volume_sum:.6f}",
+        },
+    ]
+    return checks, dominance_sum, volume_sum
+
+
+def _parse_fetched_at(fetched_at: str | datetime) -> pd.Timestamp:
+    if isinstance(fetched_at, str):
+        try:
+            fetched_at = datetime.fromisoformat(fetched_at)
+        except ValueError as exc:
+            raise ValidationError("fetched_at", f"{fetched_at!r} is not ISO-8601") from exc
+    if fetched_at.tzinfo is None:
+        raise ValidationError("fetched_at", f"{fetched_at.isoformat()!r} has no time zone")
+    return pd.Timestamp(fetched_at.astimezone(UTC))
+
+
+def _parse_fetch_date(fetch_date: str | date) -> date:
+    if isinstance(fetch_date, datetime):
+        return fetch_date.date()
+    if isinstance(fetch_date, date):
+        return fetch_date
+    try:
+        return date.fromisoformat(fetch_date)
+    except (TypeError, ValueError) as exc:
+        raise ValidationError("fetch_date", f"{fetch_date!r} is not YYYY-MM-DD") from exc
+
+
+def transform(
+    manifest: Mapping[str, Any],
+    pages: Sequence[Any],
+    global_body: Any,
+    *,
+    snapshot_id: str,
+    fetched_at: str | datetime,
+    fetch_date: str | date,
+    vs_currency: str,
+    max_coins: int | None = None,
+    allow_empty: bool = False,
+) -> TransformResult:
+    """Turn the raw pages (aligned with ``manifest["pages"]``) into processed and rejected rows.
+
+    ``global_body`` is the parsed ``/global`` body or None (fallback basis). ``max_coins``
+    defaults to ``manifest["max_coins"]``. Raises DataQualityError when no row is valid unless
+    ``allow_empty`` (the handler writes the rejected rows first, then raises itself).
+    """
+    fetched = _parse_fetched_at(fetched_at)
+    day = _parse_fetch_date(fetch_date)
+    manifest_max = manifest.get("max_coins")
+    if max_coins is None and isinstance(manifest_max, int) and not isinstance(manifest_max, bool):
+        max_coins = manifest_max
+    rows, page_arr, row_arr, trimmed = _assemble(manifest, pages, max_coins)
+    frame, not_object = _frame(rows)
+    n = len(frame)
+
+    problems = _Problems(n)
+    problems.add("not_an_object", not_object, pd.Series(rows, dtype=object), "row")
+    cols = _normalise(frame, not_object, problems)
+    rejected_mask = pd.Series(problems.rejected, index=frame.index)
+
+    accepted_ids = cols["coin_id"].where(~rejected_mask)
+    dup_mask = accepted_ids.notna() & accepted_ids.duplicated(keep="first")
+    keep = ~rejected_mask & ~dup_mask
+
+    cap_total, vol_total, why_not = global_totals(global_body, vs_currency)
+    if cap_total is not None and vol_total is not None:
+        basis = BASIS_GLOBAL
+    else:
+        basis = BASIS_FETCHED
+        cap_total = float(cols["market_cap"][keep].sum(skipna=True))
+        vol_total = float(cols["total_volume"][keep].sum(skipna=True))
+
+    cols["market_cap_dominance_pct"] = _percent(cols["market_cap"], cap_total)
+    cols["volume_pct"] = _percent(cols["total_volume"], vol_total)
+    cols["snapshot_id"] = pd.Series(snapshot_id, index=frame.index, dtype=object)
+    cols["fetched_at"] = pd.Series(fetched, index=frame.index)
+    cols["fetch_date"] = pd.Series([day] * n, index=frame.index, dtype=object)
+    cols["vs_currency"] = pd.Series(vs_currency, index=frame.index, dtype=object)
+    cols["dominance_basis"] = pd.Series(basis, index=frame.index, dtype=object)
+    table = pd.DataFrame({name: cols[name] for name in COLUMN_NAMES}, index=frame.index)
+
+    processed = table[keep.to_numpy()].reset_index(drop=True)
+    rej = rejected_mask.to_numpy()
+    rejected = table[rej].copy()
+    for name in ("market_cap_dominance_pct", "volume_pct"):
+        rejected[name] = np.nan
+    rejected["dominance_basis"] = None
+    rejected[REJECT_REASON_COLUMN] = problems.reasons[rej]
+    rejected[REJECT_DETAIL_COLUMN] = problems.details[rej]
+    rejected["source_page"] = page_arr[rej]
+    rejected["source_row"] = row_arr[rej]
+    rejected = rejected.reset_index(drop=True)
+
+    duplicates = int(dup_mask.sum())
+    checks, dominance_sum, volume_sum = _quality_checks(processed, n, len(rejected), duplicates)
+    dup_ids = accepted_ids[dup_mask]
+    quality: dict[str, Any] = {
+        "rows_in": n,
+        "rows_out": len(processed),
+        "rejected": len(rejected),
+        "duplicates": duplicates,
+        "rows_trimmed": int(trimmed),
+        "rejected_by_reason": dict(sorted(problems.counts.items())),
+        "duplicate_ids": sorted(set(dup_ids.tolist()))[:20],
+        "null_counts": {c: int(processed[c].isna().sum()) for c in NULL_COUNTED},
+        "dominance_basis": basis,
+        "dominance_basis_reason": "" if basis == BASIS_GLOBAL else why_not,
+        "total_market_cap": float(cap_total),
+        "total_volume": float(vol_total),
+        "dominance_sum_pct": dominance_sum,
+        "volume_sum_pct": volume_sum,
+        "dropped_fields": sorted(set(map(str, frame.columns)) - USED_FIELDS),
+        "checks": checks,
+        "passed": all(c["passed"] for c in checks),
+    }
+    if not len(processed) and not allow_empty:
+        raise DataQualityError(empty_message(snapshot_id, quality))
+    return TransformResult(processed=processed, rejected=rejected, quality=quality)
+
+
+def empty_message(snapshot_id: str, quality: Mapping[str, Any]) -> str:
+    """The DataQualityError text for a snapshot with no valid row."""
+    return (
+        f"snapshot {snapshot_id}: no valid rows out of {quality.get('rows_in', 0)}"
+        f" (rejected by reason: {quality.get('rejected_by_reason', {})},"
+        f" duplicates: {quality.get('duplicates', 0)})"
+    )

@@ -1,0 +1,82 @@
+"""CDK context: defaults from cdk.json, CLI strings accepted, bad values refused with the key named."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from cdk_app.app import cdk_json_context
+from cdk_app.config import DEFAULTS, ContextError, Settings, settings_from_context
+
+pytestmark = pytest.mark.infra
+
+
+def _settings(**context: Any) -> Settings:
+    return settings_from_context(context.get)
+
+
+def test_cdk_json_documents_every_setting_with_its_default() -> None:
+    context = cdk_json_context()
+    assert context["cli-telemetry"] is False
+    for key, default in DEFAULTS.items():
+        assert key in context, f"cdk.json lacks {key}"
+        if key != "execution_input":
+            assert context[key] == default, key
+
+
+def test_defaults() -> None:
+    s = _settings()
+    assert s.bundling is True
+    assert s.retain_lake is True
+    assert s.schedule == ""
+    assert s.snowflake_database == "CRYPTO_ETL_DB"
+    assert s.pandas_layer_parameter_name("eu-west-1") == (
+        "/aws/service/aws-sdk-pandas/3.16.0/eu-west-1/py3.12/arm64/layer-arn"
+    )
+
+
+def test_command_line_strings_are_parsed() -> None:
+    s = _settings(
+        bundling="false",
+        raw_retention_days="120",
+        execution_input='{"max_coins": 250}',
+        log_level="debug",
+        coingecko_api_plan="PRO",
+    )
+    assert s.bundling is False
+    assert s.raw_retention_days == 120
+    assert s.execution_input == {"max_coins": 250}
+    assert s.log_level == "DEBUG"
+    assert s.coingecko_api_plan == "pro"
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "problem"),
+    [
+        ("bundling", "maybe", "not a boolean"),
+        ("raw_retention_days", "30", "below the minimum 31"),
+        ("rejected_retention_days", "x", "not an integer"),
+        ("log_retention_days", "31", "is not one of"),
+        ("lake_removal_policy", "snapshot", "'retain' or 'destroy'"),
+        ("schedule", "every 6 hours", r"must be rate\(N unit\)"),
+        ("execution_input", "[1, 2]", "must be a JSON object"),
+        ("execution_input", "{oops", "not valid JSON"),
+        ("alert_email", "ops-at-example", "not an e-mail"),
+        ("coingecko_api_plan", "free", "public, demo or pro"),
+        ("snowflake_database", "CRYPTO-DB", "not a valid Snowflake identifier"),
+        ("aws_sdk_pandas_version", "latest", "not a version"),
+        ("aws_sdk_pandas_layer_arn", "arn:aws:lambda:eu-west-1:1:layer:x", "not a layer version"),
+        ("stack_name", "1stack", "not a valid CloudFormation stack name"),
+    ],
+)
+def test_bad_values_are_refused_naming_the_key(key: str, value: str, problem: str) -> None:
+    with pytest.raises(ContextError, match=problem) as info:
+        _settings(**{key: value})
+    assert info.value.key == key
+    assert repr(key) in str(info.value)
+
+
+def test_schedule_expressions_accepted() -> None:
+    for expression in ("rate(6 hours)", "rate(1 day)", "cron(0 */6 * * ? *)"):
+        assert _settings(schedule=expression).schedule == expression

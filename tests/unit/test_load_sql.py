@@ -1,0 +1,107 @@
+"""The load's SQL builders (pure): names, binding, column lists, the views file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from functions.common.errors import ConfigError, ValidationError
+from functions.common.schema import COLUMN_NAMES
+from functions.load import sql
+from functions.load.sql import Names
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_names_are_validated_upper_cased_and_qualified():
+    n = Names("analytics_db", "crypto")
+    assert n.q("CRYPTO_DATA") == "ANALYTICS_DB.CRYPTO.CRYPTO_DATA"
+    for bad_db in ("db; DROP TABLE X", 'db"', "1db", "a.b", ""):
+        with pytest.raises(ConfigError, match="database"):
+            Names(bad_db, "PUBLIC")
+    with pytest.raises(ConfigError, match="schema"):
+        Names("DB", "pub lic")
+
+
+def test_crypto_data_ddl_has_every_processed_column_in_file_order_plus_loaded_at():
+    ddl = sql.create_crypto_data(Names()).sql
+    assert ddl.startswith("CREATE TABLE IF NOT EXISTS CRYPTO_ETL_DB.PUBLIC.CRYPTO_DATA (")
+    positions = [ddl.index(f"\n    {c.upper()} ") for c in COLUMN_NAMES]
+    assert positions == sorted(positions)
+    assert "LOADED_AT TIMESTAMP_TZ NOT NULL" in ddl
+    assert "PRIMARY KEY (SNAPSHOT_ID, COIN_ID)" in ddl
+    assert tuple(c.upper() for c in COLUMN_NAMES) == sql.DATA_COLUMN_NAMES
+
+
+def test_every_ddl_is_idempotent():
+    n = Names()
+    for stmt in sql.create_tables(n):
+        assert "IF NOT EXISTS" in stmt.sql
+    for stmt in sql.create_views(n):
+        assert stmt.sql.startswith("CREATE OR REPLACE VIEW") and "COPY GRANTS" in stmt.sql
+
+
+def test_values_are_bound_never_formatted_into_sql():
+    n = Names()
+    evil = "x' OR '1'='1"
+    for stmt in (
+        sql.delete_snapshot(n, evil),
+        sql.count_existing(n, "STG", evil),
+        sql.delete_run(n, evil, evil),
+        sql.insert_snapshot(n, "STG", evil),
+        sql.insert_run(n, {"snapshot_id": evil, "execution_id": evil, "quality": evil}),
+    ):
+        assert evil not in stmt.sql
+        assert evil in stmt.params.values()
+        assert "%(" in stmt.sql
+
+
+def test_insert_run_binds_every_column_and_rejects_unknown_ones():
+    stmt = sql.insert_run(Names(), {"snapshot_id": "s", "status": "SUCCEEDED"})
+    assert set(stmt.params) == {c.lower() for c, _ in sql.ETL_RUN_COLUMNS}
+    assert "CAST(%(loaded_at)s AS TIMESTAMP_TZ)" in stmt.sql
+    with pytest.raises(ValueError, match="unknown ETL_RUNS columns"):
+        sql.insert_run(Names(), {"snapshot_id": "s", "nope": 1})
+
+
+def test_staging_names_and_put_path_are_checked():
+    with pytest.raises(ConfigError):
+        sql.create_staging_table("STG; DROP TABLE CRYPTO_DATA")
+    with pytest.raises(ValidationError, match="local_file"):
+        sql.put_file(Path("/tmp/it's here.csv.gz"), "STAGE")
+    put = sql.put_file(Path("/tmp/a/s-1.csv.gz"), "STAGE_1")
+    assert put.sql.startswith("PUT 'file:///tmp/a/s-1.csv.gz' @STAGE_1 ")
+    copy = sql.copy_into_staging("STG", "STAGE_1").sql
+    options = (
+        "SKIP_HEADER = 1",
+        "FIELD_OPTIONALLY_ENCLOSED_BY = '\"'",
+        "NULL_IF = ('')",
+        "EMPTY_FIELD_AS_NULL = TRUE",
+        "ON_ERROR = ABORT_STATEMENT",
+        "FORCE = TRUE",
+    )
+    for option in options:
+        assert option in copy
+
+
+def test_expected_columns_match_the_ddl():
+    n = Names()
+    for table, stmt in zip(sql.TABLES, sql.create_tables(n), strict=True):
+        for col in sql.expected_columns(table):
+            assert f"\n    {col} " in stmt.sql, (table, col)
+
+
+def test_looker_views_file_is_in_sync_with_the_builder():
+    path = REPO_ROOT / "looker" / "views.sql"
+    assert path.read_text() == sql.views_script(), (
+        "looker/views.sql is stale: python -m functions.load.sql > looker/views.sql"
+    )
+    for view in sql.VIEWS:
+        assert f"CREATE OR REPLACE VIEW CRYPTO_ETL_DB.PUBLIC.{view} COPY GRANTS" in path.read_text()
+
+
+def test_views_script_follows_database_and_schema():
+    script = sql.views_script("OTHER_DB", "REPORTING")
+    assert "CRYPTO_ETL_DB" not in script
+    assert "FROM OTHER_DB.REPORTING.CRYPTO_DATA" in script

@@ -1,0 +1,166 @@
+"""The local warehouse: a real fakesnow server subprocess on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from functions.load.config import SnowflakeConfig
+from local_mode.warehouse import LocalWarehouse, LocalWarehouseError
+
+
+def _count(wh: LocalWarehouse, table: str = "T") -> int:
+    conn = wh.connect()
+    try:
+        with conn.cursor() as cur:
+            cur.execute(f"SELECT COUNT(*) FROM {table}")
+            return cur.fetchone()[0]
+    finally:
+        conn.close()
+
+
+def _exec(wh: LocalWarehouse, *statements: str) -> None:
+    conn = wh.connect()
+    try:
+        with conn.cursor() as cur:
+            for statement in statements:
+                cur.execute(statement)
+    finally:
+        conn.close()
+
+
+def test_env_is_what_the_load_config_reads(tmp_path: Path):
+    with LocalWarehouse(tmp_path / "wh") as wh:
+        env = wh.env()
+        cfg = SnowflakeConfig.from_env(env)
+        assert (cfg.account, cfg.host, cfg.port, cfg.protocol) == (
+            "fakesnow",
+            "127.0.0.1",
+            wh.port,
+            "http",
+        )
+        assert cfg.database == "CRYPTO_ETL_DB" and cfg.schema == "PUBLIC"
+        assert cfg.network_timeout and cfg.network_timeout <= 10
+        params = json.loads(env["SNOWFLAKE_SESSION_PARAMETERS"])
+        assert params["FAKESNOW_DB_PATH"] == str((tmp_path / "wh").resolve())
+        # Variables a developer's shell may hold for a real account are blanked out.
+        assert env["SNOWFLAKE_SECRET_ARN"] == "" and env["SNOWFLAKE_PRIVATE_KEY"] == ""
+        with socket.create_connection(("127.0.0.1", wh.port), timeout=2):
+            pass
+
+
+def test_many_connections_sequential_and_concurrent(tmp_path: Path):
+    """Plain `fakesnow -s` allows one connection per database file; ours allows any number."""
+    with LocalWarehouse(tmp_path / "wh") as wh:
+        _exec(wh, "CREATE TABLE T (A INT)", "INSERT INTO T VALUES (1)")
+        a, b = wh.connect(), wh.connect()
+        try:
+            a.cursor().execute("INSERT INTO T VALUES (2)")
+            assert b.cursor().execute("SELECT COUNT(*) FROM T").fetchone()[0] == 2
+        finally:
+            a.close()
+            b.close()
+        assert _count(wh) == 2
+        assert _count(wh) == 2
+
+
+def test_data_persists_across_restarts_and_a_hard_kill(tmp_path: Path):
+    data_dir = tmp_path / "wh"
+    with LocalWarehouse(data_dir) as wh:
+        _exec(wh, "CREATE TABLE T (A INT)", "INSERT INTO T VALUES (1), (2)")
+    assert (data_dir / "CRYPTO_ETL_DB.db").is_file()
+    with LocalWarehouse(data_dir) as wh:
+        assert _count(wh) == 2
+        _exec(wh, "INSERT INTO T VALUES (3)")
+        # A committed row survives the server dying without any shutdown.
+        os.kill(wh.pid, signal.SIGKILL)
+        wh._proc.wait(timeout=10)
+    with LocalWarehouse(data_dir) as wh:
+        assert _count(wh) == 3
+
+
+def test_stop_ends_the_server_process_and_removes_its_temp_files(tmp_path: Path):
+    wh = LocalWarehouse(tmp_path / "wh")
+    with wh:
+        proc = wh._proc
+        tmp = wh._tmp
+        assert proc.poll() is None and tmp.is_dir()
+        port = wh.port
+    assert proc.poll() is not None
+    assert not tmp.exists()
+    with pytest.raises(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+        pass
+    with pytest.raises(LocalWarehouseError, match="not started"):
+        wh.env()
+
+
+def test_a_second_warehouse_on_the_same_folder_is_refused_clearly(tmp_path: Path):
+    with (
+        LocalWarehouse(tmp_path / "wh"),
+        pytest.raises(LocalWarehouseError, match=r"in use by pid \d+"),
+    ):
+        LocalWarehouse(tmp_path / "wh").start()
+    # Released on exit: the folder can be opened again.
+    with LocalWarehouse(tmp_path / "wh") as wh:
+        assert wh.running
+
+
+def test_a_server_that_cannot_start_reports_its_log(tmp_path: Path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        wh = LocalWarehouse(tmp_path / "wh", port=port, startup_timeout=20)
+        # The port accepts TCP connections (ours) but is no HTTP server; fakesnow cannot bind it.
+        with pytest.raises(LocalWarehouseError, match="exited with code") as err:
+            wh.start()
+    assert "address already in use" in str(err.value).lower()
+    assert not wh.running
+
+
+def _alive(pid: int) -> bool:
+    """False once the process is gone or a zombie (nobody may reap it in a container)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
+def test_the_server_exits_when_its_parent_is_killed(tmp_path: Path):
+    script = (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from local_mode.warehouse import LocalWarehouse\n"
+        "wh = LocalWarehouse(Path(sys.argv[1]))\n"
+        "wh.start()\n"
+        "print(wh.pid, flush=True)\n"
+        "time.sleep(300)\n"
+    )
+    parent = subprocess.Popen(
+        [sys.executable, "-c", script, str(tmp_path / "wh")], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        server_pid = int(parent.stdout.readline())
+        assert _alive(server_pid)
+    finally:
+        parent.kill()
+        parent.wait(timeout=10)
+        parent.stdout.close()
+    deadline = time.monotonic() + 30
+    while _alive(server_pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _alive(server_pid), "the orphaned server kept running"
+    # Its database files are free again.
+    with LocalWarehouse(tmp_path / "wh") as wh:
+        _exec(wh, "CREATE TABLE T (A INT)")
+        assert _count(wh) == 0
