@@ -45,7 +45,7 @@ test: lint
 	$(BIN)/python -m pytest
 
 synth: $(STAMP) node_modules/.package-lock.json
-	PATH="$(CURDIR)/$(BIN):$$PATH" npx cdk synth --quiet
+	PATH="$(CURDIR)/$(BIN):$$PATH" npx cdk synth --quiet -c bundling=false
 
 deploy: $(STAMP) node_modules/.package-lock.json
 	PATH="$(CURDIR)/$(BIN):$$PATH" npx cdk deploy
@@ -54,4 +54,4 @@ bench: $(STAMP)
 	for f in benchmarks/*.py; do $(BIN)/python $$f || exit 1; done
 
 clean:
-	rm -rf .local cdk.out .pytest_cache .ruff_cache
+	rm -rf .local cdk.out .build .pytest_cache .ruff_cache

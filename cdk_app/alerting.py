@@ -1,4 +1,4 @@
-"""Alerting: an encrypted SNS topic for pipeline failures and CloudWatch alarms that publish to it."""
+"""Alerting: an encrypted SNS topic for pipeline failures and the CloudWatch alarms that use it."""
 
 from __future__ import annotations
 

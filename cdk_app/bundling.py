@@ -74,9 +74,12 @@ def _source_files(repo_root: Path, name: str) -> list[Path]:
             continue
         for path in sorted(base.rglob("*")):
             rel = path.relative_to(repo_root)
-            if path.is_file() and not _SKIP_DIRS.intersection(rel.parts):
-                if path.suffix not in _SKIP_SUFFIXES:
-                    files.append(rel)
+            if (
+                path.is_file()
+                and not _SKIP_DIRS.intersection(rel.parts)
+                and path.suffix not in _SKIP_SUFFIXES
+            ):
+                files.append(rel)
     return files
 
 
@@ -200,8 +203,9 @@ class LocalPipBundler:
             return False
         deps = install_dependencies(self.requirements, self.build_root)
         shutil.copytree(deps, output_dir, dirs_exist_ok=True)
-        shutil.copytree(self.source_dir / "functions", Path(output_dir) / "functions",
-                        dirs_exist_ok=True)
+        shutil.copytree(
+            self.source_dir / "functions", Path(output_dir) / "functions", dirs_exist_ok=True
+        )
         return True
 
 

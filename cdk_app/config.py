@@ -1,29 +1,24 @@
-"""Typed, validated settings read from CDK context (``cdk.json`` defaults, ``-c key=value`` overrides).
+"""Typed, validated settings from CDK context (``cdk.json`` defaults, ``-c key=value`` overrides).
 
-Every key and its default is listed in ``DEFAULTS`` (``cdk.json`` repeats them so they are visible
-where CDK users look). Values given on the command line arrive as strings, values from
+Every key and its default is in ``DEFAULTS`` (``cdk.json`` repeats them where CDK users look;
+docs/DEPLOY.md explains each). Values given on the command line arrive as strings, values from
 ``cdk.json`` as JSON types: every reader accepts both.
 
-| key | default | meaning |
-|---|---|---|
-| ``stack_name`` | ``CryptoEtl`` | CloudFormation stack name |
-| ``bundling`` | ``true`` | pip-install each function's dependencies into its asset; ``false`` = code only (tests, offline ``make synth``) |
-| ``aws_sdk_pandas_version`` | ``3.16.0`` | AWS SDK for pandas managed layer version, resolved from SSM at deploy time |
-| ``aws_sdk_pandas_layer_arn`` | empty | explicit layer ARN (overrides the SSM lookup) |
-| ``lake_removal_policy`` | ``retain`` | ``retain`` or ``destroy`` (an S3 bucket is only deleted when empty) |
-| ``raw_retention_days`` | 365 | expire ``raw/`` objects after N days (IA after 30) |
-| ``rejected_retention_days`` | 365 | expire ``rejected/`` objects after N days (IA after 30) |
-| ``noncurrent_version_retention_days`` | 30 | expire overwritten/deleted object versions after N days |
-| ``access_log_retention_days`` | 90 | expire S3 server access logs after N days |
-| ``log_retention_days`` | 30 | CloudWatch Logs retention (Lambda and state machine) |
-| ``log_level`` | ``INFO`` | ``POWERTOOLS_LOG_LEVEL`` of the functions |
-| ``alert_email`` | empty | subscribe this address to the alert topic |
-| ``schedule`` | empty | EventBridge Scheduler expression, e.g. ``rate(6 hours)``; empty = no schedule |
-| ``execution_input`` | ``{}`` | JSON execution input the schedule starts executions with |
-| ``coingecko_api_plan`` | ``public`` | ``public``, ``demo`` or ``pro`` |
-| ``coingecko_max_retry_wait_seconds`` | empty | optional ``COINGECKO_MAX_RETRY_WAIT_SECONDS`` |
-| ``snowflake_database`` / ``snowflake_schema`` | ``CRYPTO_ETL_DB`` / ``PUBLIC`` | load target |
-| ``snowflake_warehouse`` / ``snowflake_role`` | empty | optional; the secret or the user's defaults otherwise |
+* ``stack_name`` (``CryptoEtl``): stack name, also the secrets' name prefix.
+* ``bundling`` (true): pip-install each function's dependencies into its asset; false = code
+  only (tests, offline synth).
+* ``aws_sdk_pandas_version`` (3.16.0) / ``aws_sdk_pandas_layer_arn`` (empty): the AWS SDK for
+  pandas managed layer, resolved from SSM at deploy time unless an explicit ARN is given.
+* ``lake_removal_policy`` (retain): ``retain`` or ``destroy`` (a bucket is deleted only if empty).
+* ``raw_retention_days`` / ``rejected_retention_days`` (365): expiry after Infrequent Access
+  at 30 days; ``noncurrent_version_retention_days`` (30); ``access_log_retention_days`` (90).
+* ``log_retention_days`` (30), ``log_level`` (INFO).
+* ``alert_email`` (empty): e-mail subscription of the alert topic.
+* ``schedule`` (empty = none): EventBridge Scheduler expression, e.g. ``rate(6 hours)``;
+  ``execution_input`` (JSON object): the input of scheduled executions.
+* ``coingecko_api_plan`` (public), ``coingecko_max_retry_wait_seconds`` (empty).
+* ``snowflake_database`` / ``snowflake_schema`` (CRYPTO_ETL_DB / PUBLIC);
+  ``snowflake_warehouse`` / ``snowflake_role`` (empty: the secret's or the user's defaults).
 """
 
 from __future__ import annotations
@@ -63,7 +58,9 @@ LOG_RETENTION_DAYS = (1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 
 # Objects move to Infrequent Access after this many days (S3's minimum for STANDARD_IA).
 INFREQUENT_ACCESS_AFTER_DAYS = 30
 
-_SCHEDULE_RE = re.compile(r"^(rate\(\d+ (minute|minutes|hour|hours|day|days)\)|cron\(.+\)|at\(.+\))$")
+_SCHEDULE_RE = re.compile(
+    r"^(rate\(\d+ (minute|minutes|hour|hours|day|days)\)|cron\(.+\)|at\(.+\))$"
+)
 _EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 _SNOWFLAKE_IDENT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]{0,254}$")
 _VERSION_RE = re.compile(r"^\d+\.\d+\.\d+$")
@@ -187,7 +184,9 @@ def settings_from_context(get: Any) -> Settings:
     # Expiration must come after the transition to Infrequent Access.
     first_expiry = INFREQUENT_ACCESS_AFTER_DAYS + 1
     raw_days = _as_int("raw_retention_days", value("raw_retention_days"), first_expiry)
-    rejected_days = _as_int("rejected_retention_days", value("rejected_retention_days"), first_expiry)
+    rejected_days = _as_int(
+        "rejected_retention_days", value("rejected_retention_days"), first_expiry
+    )
 
     log_days = _as_int("log_retention_days", value("log_retention_days"), 1)
     if log_days not in LOG_RETENTION_DAYS:

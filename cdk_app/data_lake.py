@@ -1,4 +1,4 @@
-"""The data lake: one private, encrypted, versioned S3 bucket with prefixes raw/ processed/ rejected/."""
+"""The data lake: a private, encrypted, versioned S3 bucket (raw/, processed/, rejected/)."""
 
 from __future__ import annotations
 

@@ -14,9 +14,7 @@ import aws_cdk as cdk
 from constructs import IConstruct
 
 
-def acknowledge(
-    scope: IConstruct, rule: str, reason: str, findings: Sequence[str] = ()
-) -> None:
+def acknowledge(scope: IConstruct, rule: str, reason: str, findings: Sequence[str] = ()) -> None:
     """Acknowledge ``rule`` (or only its listed ``findings``) on ``scope`` with ``reason``."""
     if len(reason.strip()) < 20:
         raise ValueError(f"acknowledgment of {rule} needs a real reason, got {reason!r}")

@@ -45,7 +45,8 @@ class Pipeline(Construct):
         substitutions[TOPIC_PLACEHOLDER] = topic.topic_arn
         if substitutions.keys() != SUBSTITUTIONS.keys():
             raise ValueError(
-                f"definition placeholders {sorted(SUBSTITUTIONS)} != supplied {sorted(substitutions)}"
+                f"definition placeholders {sorted(SUBSTITUTIONS)} "
+                f"!= supplied {sorted(substitutions)}"
             )
 
         stack_name = cdk.Stack.of(self).stack_name

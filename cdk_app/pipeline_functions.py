@@ -34,9 +34,11 @@ from cdk_app.secrets import Secrets
 
 SERVICE_PREFIX = "crypto-etl"
 
-# Unzipped size of the AWS SDK for pandas layer 3.16.0: 167 MB (measured and reported in
-# https://github.com/aws/aws-sdk-pandas/issues/3331 — 3.16.1 grew to 204 MB, which is why
-# 3.16.0 is the default). Lambda's limit for code + layers is 250 MB (262,144,000 bytes).
+# Unzipped size of the AWS SDK for pandas layer 3.16.0: 167 MB, as measured in
+# https://github.com/aws/aws-sdk-pandas/issues/3331 (the 3.16.0 and 3.15.1 layers are 167 MB;
+# 3.16.1 grew to 204 MB because of an Arrow build change, which is why 3.16.0 is the default).
+# The layers of one release are built alike for each Python version and architecture.
+# Lambda's limit for a function's code plus its layers is 250 MB (262,144,000 bytes unzipped).
 PANDAS_LAYER_UNZIPPED_BYTES = 167 * 1024 * 1024
 LAMBDA_UNZIPPED_LIMIT_BYTES = 262_144_000
 
@@ -128,15 +130,14 @@ class PipelineFunctions(Construct):
         self.roles: dict[str, iam.Role] = {}
 
         missing = [
-            name
-            for name in SPECS
-            if not (REPO_ROOT / "functions" / name / "handler.py").is_file()
+            name for name in SPECS if not (REPO_ROOT / "functions" / name / "handler.py").is_file()
         ]
         if missing:
             cdk.Annotations.of(self).add_warning_v2(
                 "crypto-etl:missing-handler",
-                f"functions/{{{','.join(missing)}}}/handler.py not found: those assets have no "
-                "handler yet",
+                "no handler yet in "
+                + ", ".join(f"functions/{name}/handler.py" for name in missing)
+                + ": those functions' assets have no entry point",
             )
 
         self.extract = self._function(
@@ -165,8 +166,11 @@ class PipelineFunctions(Construct):
                 "SNOWFLAKE_SECRET_ARN": secrets.snowflake_arn,
                 "SNOWFLAKE_DATABASE": settings.snowflake_database,
                 "SNOWFLAKE_SCHEMA": settings.snowflake_schema,
-                **({"SNOWFLAKE_WAREHOUSE": settings.snowflake_warehouse}
-                   if settings.snowflake_warehouse else {}),
+                **(
+                    {"SNOWFLAKE_WAREHOUSE": settings.snowflake_warehouse}
+                    if settings.snowflake_warehouse
+                    else {}
+                ),
                 **({"SNOWFLAKE_ROLE": settings.snowflake_role} if settings.snowflake_role else {}),
             },
         )
@@ -236,7 +240,11 @@ class PipelineFunctions(Construct):
 
     def _acknowledge_prefix_wildcards(self) -> None:
         bucket = arn_ref(self.lake.bucket)
-        prefixes = {"extract": (RAW,), "transform": (RAW, PROCESSED, REJECTED), "load": (PROCESSED,)}
+        prefixes = {
+            "extract": (RAW,),
+            "transform": (RAW, PROCESSED, REJECTED),
+            "load": (PROCESSED,),
+        }
         for name, role in self.roles.items():
             acknowledge(
                 role,

@@ -27,11 +27,12 @@ from constructs import Construct
 
 from cdk_app.nag import acknowledge
 
-SNOWFLAKE_SECRET_SHAPE = (
+# Documentation of the JSON shapes (no values).
+SNOWFLAKE_JSON_SHAPE = (
     '{"account", "user", "private_key" (PEM) | "password", "private_key_passphrase"?, '
     '"role"?, "warehouse"?, "database"?, "schema"?}'
 )
-COINGECKO_SECRET_SHAPE = 'the API key string, or {"api_key": "...", "plan": "demo" | "pro"}'
+COINGECKO_VALUE_SHAPE = 'the API key string, or {"api_key": "...", "plan": "demo" | "pro"}'
 
 
 class Secrets(Construct):
@@ -47,7 +48,7 @@ class Secrets(Construct):
             name=self.snowflake_name,
             description=(
                 "crypto-etl Snowflake connection for the load function. Created empty; put JSON "
-                f"{SNOWFLAKE_SECRET_SHAPE}"
+                f"{SNOWFLAKE_JSON_SHAPE}"
             )[:2048],
         )
         self.coingecko = secretsmanager.CfnSecret(
@@ -56,7 +57,7 @@ class Secrets(Construct):
             name=self.coingecko_name,
             description=(
                 "crypto-etl CoinGecko API key for the extract function (optional: leave empty "
-                f"for the public API). Value: {COINGECKO_SECRET_SHAPE}"
+                f"for the public API). Value: {COINGECKO_VALUE_SHAPE}"
             ),
         )
         for secret in (self.snowflake, self.coingecko):

@@ -67,6 +67,10 @@ class CryptoEtlStack(cdk.Stack):
                 "Open the state machine in the console (Start execution)",
             ),
             "LakeBucketName": (self.lake.bucket.bucket_name, "Data lake bucket"),
+            "AccessLogsBucketName": (
+                self.lake.access_logs.bucket_name,
+                "S3 server access logs of the lake bucket",
+            ),
             "SnowflakeSecretName": (
                 self.secrets.snowflake_name,
                 "Put the Snowflake connection JSON here (docs/DEPLOY.md)",

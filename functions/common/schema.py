@@ -55,5 +55,7 @@ COLUMN_NAMES: tuple[str, ...] = tuple(name for name, _, _ in PROCESSED_COLUMNS)
 
 TIMESTAMP_FORMAT = "%Y-%m-%d %H:%M:%S.%f+00:00"
 
-# The rejected file: every processed column that could be derived, plus why it was refused.
+# The rejected file (rejected/...): the processed columns that could be derived, plus
+# reject_reason (codes joined by "; "), reject_detail (the offending raw values),
+# source_page and source_row (where the row came from in the raw pages).
 REJECT_REASON_COLUMN = "reject_reason"

@@ -27,6 +27,8 @@ class Storage(Protocol):
 
     def list_keys(self, prefix: str) -> list[str]: ...
 
+    def delete(self, key: str) -> None: ...
+
 
 def put_json(storage: Storage, key: str, obj: Any) -> None:
     storage.put_bytes(key, json.dumps(obj, indent=2).encode(), "application/json")
@@ -83,6 +85,10 @@ class LocalStorage:
         keys = [p.relative_to(base).as_posix() for p in base.rglob("*") if p.is_file()]
         return sorted(k for k in keys if k.startswith(prefix) and "/.tmp-" not in k)
 
+    def delete(self, key: str) -> None:
+        """Remove ``key`` if it exists (like S3's DeleteObject, absent is not an error)."""
+        self._path(key).unlink(missing_ok=True)
+
 
 class S3Storage:
     """An S3 bucket (boto3 is imported lazily so pure modules never pull it in)."""
@@ -111,6 +117,9 @@ class S3Storage:
     def exists(self, key: str) -> bool:
         resp = self._s3.list_objects_v2(Bucket=self.bucket, Prefix=key, MaxKeys=1)
         return any(o["Key"] == key for o in resp.get("Contents", []))
+
+    def delete(self, key: str) -> None:
+        self._s3.delete_object(Bucket=self.bucket, Key=key)
 
     def list_keys(self, prefix: str) -> list[str]:
         keys: list[str] = []

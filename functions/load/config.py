@@ -189,14 +189,29 @@ def _fetch_secret_string(arn: str) -> str:
     import boto3
     from botocore.exceptions import BotoCoreError, ClientError
 
+    client = boto3.client("secretsmanager")
     try:
-        resp = boto3.client("secretsmanager").get_secret_value(SecretId=arn)
+        resp = client.get_secret_value(SecretId=arn)
     except ClientError as exc:
         code = exc.response.get("Error", {}).get("Code", "error")
+        if code == "ResourceNotFoundException" and _secret_exists(client, arn):
+            # The stack creates the secret with no value at all; until someone fills it,
+            # reading it fails this way. Report it as the empty secret it is.
+            return ""
         raise ConfigError("SNOWFLAKE_SECRET_ARN", f"cannot read secret {arn}: {code}") from exc
     except BotoCoreError as exc:
         raise ConfigError("SNOWFLAKE_SECRET_ARN", f"cannot read secret {arn}: {exc}") from exc
     return resp.get("SecretString") or ""
+
+
+def _secret_exists(client: Any, arn: str) -> bool:
+    from botocore.exceptions import ClientError
+
+    try:
+        client.describe_secret(SecretId=arn)
+    except ClientError:
+        return False
+    return True
 
 
 def _secret_values(arn: str, fetch: SecretFetcher) -> dict[str, str]:
@@ -204,7 +219,7 @@ def _secret_values(arn: str, fetch: SecretFetcher) -> dict[str, str]:
     if not raw:
         raise ConfigError(
             "SNOWFLAKE_SECRET_ARN",
-            f"secret {arn} is empty: missing account, user, private_key or password; "
+            f"secret {arn} is empty (or has no value yet): missing account, user, private_key or password; "
             f"fill it with JSON {EXPECTED_JSON}",
         )
     try:

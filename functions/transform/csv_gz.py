@@ -17,7 +17,10 @@ import pandas as pd
 from functions.common.schema import COLUMN_NAMES, PROCESSED_COLUMNS, TIMESTAMP_FORMAT
 from functions.transform.transform import REJECTED_COLUMNS
 
-COMPRESS_LEVEL = 6
+# Level 1: on 20k coins (10.7 MiB of CSV) it takes ~60 ms for 3.44 MiB, level 6 ~250 ms for
+# 3.21 MiB, level 9 ~365 ms for 3.20 MiB (benchmarks/transform_bench.py): 7% more bytes to PUT
+# is cheaper than a quarter of the Lambda's run time.
+COMPRESS_LEVEL = 1
 _KIND = {name: kind for name, _, kind in PROCESSED_COLUMNS}
 
 

@@ -38,7 +38,9 @@ class Synth:
         return {k: v for k, v in self.data["Resources"].items() if v["Type"] == type_}
 
     def logical_id(self, construct: Any) -> str:
-        element = construct if isinstance(construct, cdk.CfnElement) else construct.node.default_child
+        element = (
+            construct if isinstance(construct, cdk.CfnElement) else construct.node.default_child
+        )
         return self.stack.get_logical_id(element)
 
 
@@ -97,7 +99,7 @@ def flatten(value: Any) -> str:
     if isinstance(value, str):
         return value
     if isinstance(value, dict) and len(value) == 1:
-        (fn, arg), = value.items()
+        ((fn, arg),) = value.items()
         if fn == "Fn::GetAtt":
             return f"<{arg[0]}.{arg[1]}>"
         if fn == "Ref":

@@ -184,8 +184,11 @@ def test_bundled_functions_fit_in_lambda_with_their_layers(bundled_synth: Synth)
     print("\nunzipped bytes (code, layers):", sizes)
 
 
-EXPECTED_PACKAGES = {"extract": "requests/", "transform": "aws_lambda_powertools/",
-                     "load": "snowflake/connector/"}
+EXPECTED_PACKAGES = {
+    "extract": "requests/",
+    "transform": "aws_lambda_powertools/",
+    "load": "snowflake/connector/",
+}
 
 
 def test_bundles_carry_their_own_dependencies(bundled_synth: Synth) -> None:

@@ -1,4 +1,4 @@
-"""CDK context: defaults from cdk.json, CLI strings accepted, bad values refused with the key named."""
+"""CDK context: cdk.json defaults, CLI strings accepted, bad values refused naming the key."""
 
 from __future__ import annotations
 

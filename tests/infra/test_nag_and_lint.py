@@ -1,4 +1,4 @@
-"""cdk-nag AwsSolutionsChecks (zero unacknowledged findings, no stale acknowledgments) and cfn-lint."""
+"""cdk-nag AwsSolutionsChecks (no unacknowledged findings, no stale acknowledgments); cfn-lint."""
 
 from __future__ import annotations
 
@@ -64,17 +64,17 @@ def test_every_acknowledgment_is_needed_and_has_a_reason(tmp_path: Path) -> None
     """With acknowledgments switched off, the findings are exactly the acknowledged ones."""
     acks: list[tuple[str, str, str]] = []
     with (
-        mock.patch.object(
-            cdk.Validations, "of", lambda scope: _Recorder(scope, acks)
-        ),
-        pytest.raises(RuntimeError, match="Validation ?[Ff]ailed"),
+        mock.patch.object(cdk.Validations, "of", lambda scope: _Recorder(scope, acks)),
+        pytest.raises(RuntimeError, match=r"Validation ?[Ff]ailed"),
     ):
         synthesize(tmp_path, nag=True)
     findings = _violations(tmp_path)
     assert acks, "no acknowledgments recorded"
     for rule_id, path, reason in acks:
         assert len(reason) >= 40, f"{rule_id} on {path}: reason too thin: {reason!r}"
-        covered = {p for r, p in findings if r == rule_id and (p == path or p.startswith(path + "/"))}
+        covered = {
+            p for r, p in findings if r == rule_id and (p == path or p.startswith(path + "/"))
+        }
         assert covered, f"stale acknowledgment {rule_id} on {path}: nothing to acknowledge"
     for rule_id, construct_path in findings:
         assert any(

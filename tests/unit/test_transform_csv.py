@@ -76,7 +76,8 @@ def test_round_trip_keeps_values_and_nulls() -> None:
 def test_text_form_of_numbers_timestamps_and_nulls() -> None:
     result = _transform(ROWS)
     lines = list(csv.reader(io.StringIO(gzip.decompress(to_csv_gz(result.processed)).decode())))
-    header, plain, tricky = lines[0], dict(zip(lines[0], lines[1])), dict(zip(lines[0], lines[2]))
+    header = lines[0]
+    plain, tricky = (dict(zip(header, line, strict=True)) for line in lines[1:3])
     assert header == list(COLUMN_NAMES)
     assert plain["market_cap_rank"] == "1"  # ints without ".0"
     assert plain["current_price"] == "0.1"

@@ -61,7 +61,9 @@ def _valid(row: dict) -> bool:
     """The reject rules, restated independently for the recorded rows."""
     if not isinstance(row.get("id"), str) or not row["id"].strip():
         return False
-    return all(row.get(k) is None or row[k] >= 0 for k in ("current_price", "market_cap", "total_volume"))
+    return all(
+        row.get(k) is None or row[k] >= 0 for k in ("current_price", "market_cap", "total_volume")
+    )
 
 
 def _first_valid_by_id(rows: list[dict]) -> dict[str, dict]:
@@ -112,7 +114,9 @@ def test_recorded_markets_transform(
         assert set(out["dominance_basis"]) == {"global"}
     else:
         cap_total = sum(r["market_cap"] for r in expected.values() if r["market_cap"] is not None)
-        vol_total = sum(r["total_volume"] for r in expected.values() if r["total_volume"] is not None)
+        vol_total = sum(
+            r["total_volume"] for r in expected.values() if r["total_volume"] is not None
+        )
         assert set(out["dominance_basis"]) == {"fetched"}
         assert q["dominance_sum_pct"] == pytest.approx(100.0, rel=1e-9)
     assert q["dominance_sum_pct"] <= 100.0 + 1e-6

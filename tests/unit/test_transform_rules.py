@@ -158,8 +158,16 @@ def test_invalid_first_copy_leaves_the_valid_second_copy() -> None:
         (coin("bad", symbol=7), "invalid_type:symbol", "symbol=7"),
         (coin("bad", image=5), "invalid_type:image", "image=5"),
         (coin("bad", roi="10x"), "invalid_type:roi", "roi='10x'"),
-        (coin("bad", roi={"times": "x", "currency": "usd", "percentage": 1}), "invalid_number:roi_times", "roi.times='x'"),
-        (coin("bad", roi={"times": 1, "currency": 5, "percentage": 1}), "invalid_type:roi.currency", "roi.currency=5"),
+        (
+            coin("bad", roi={"times": "x", "currency": "usd", "percentage": 1}),
+            "invalid_number:roi_times",
+            "roi.times='x'",
+        ),
+        (
+            coin("bad", roi={"times": 1, "currency": 5, "percentage": 1}),
+            "invalid_type:roi.currency",
+            "roi.currency=5",
+        ),
         (None, "not_an_object", "row=null"),
         ("bitcoin", "not_an_object", "row='bitcoin'"),
         ([1, 2], "not_an_object", "row=[1, 2]"),
@@ -309,7 +317,11 @@ def test_roi_is_flattened() -> None:
         "btc",
         10481.61668423025,
     )
-    assert math.isnan(b["roi_times"]) and pd.isna(b["roi_currency"]) and math.isnan(b["roi_percentage"])
+    assert (
+        math.isnan(b["roi_times"])
+        and pd.isna(b["roi_currency"])
+        and math.isnan(b["roi_percentage"])
+    )
 
 
 def test_unneeded_fields_are_dropped_and_listed() -> None:
@@ -389,7 +401,9 @@ def test_global_totals_reads_the_currency_case_insensitively() -> None:
 
 def test_fallback_with_no_caps_at_all_gives_null_percentages() -> None:
     out = run([coin("a", market_cap=None, total_volume=0)]).processed
-    assert math.isnan(out.loc[0, "market_cap_dominance_pct"]) and math.isnan(out.loc[0, "volume_pct"])
+    assert math.isnan(out.loc[0, "market_cap_dominance_pct"]) and math.isnan(
+        out.loc[0, "volume_pct"]
+    )
 
 
 def test_quality_checks_flag_bad_data_without_failing() -> None:
