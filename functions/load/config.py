@@ -219,8 +219,8 @@ def _secret_values(arn: str, fetch: SecretFetcher) -> dict[str, str]:
     if not raw:
         raise ConfigError(
             "SNOWFLAKE_SECRET_ARN",
-            f"secret {arn} is empty (or has no value yet): missing account, user, private_key or password; "
-            f"fill it with JSON {EXPECTED_JSON}",
+            f"secret {arn} is empty (or has no value yet): missing account, user, "
+            f"private_key or password; fill it with JSON {EXPECTED_JSON}",
         )
     try:
         parsed = json.loads(raw)

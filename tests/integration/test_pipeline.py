@@ -64,7 +64,8 @@ def test_offline_run_loads_600_rows_from_three_pages(offline_run):
     assert "coins fetched 600 (3 pages" in stdout
     rows = _sql_json(
         local_dir,
-        "SELECT COUNT(*) AS N, COUNT(DISTINCT COIN_ID) AS IDS, SUM(MARKET_CAP_DOMINANCE_PCT) AS DOM,"
+        "SELECT COUNT(*) AS N, COUNT(DISTINCT COIN_ID) AS IDS,"
+        " SUM(MARKET_CAP_DOMINANCE_PCT) AS DOM,"
         " MIN(DOMINANCE_BASIS) AS B1, MAX(DOMINANCE_BASIS) AS B2"
         " FROM CRYPTO_DATA WHERE SNAPSHOT_ID = 'it-600'",
     )
@@ -102,7 +103,9 @@ def test_rerunning_the_same_snapshot_adds_no_rows(offline_run):
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "0 inserted, 600 replaced" in proc.stdout
-    rows = _sql_json(local_dir, "SELECT COUNT(*) AS N FROM CRYPTO_DATA WHERE SNAPSHOT_ID = 'it-600'")
+    rows = _sql_json(
+        local_dir, "SELECT COUNT(*) AS N FROM CRYPTO_DATA WHERE SNAPSHOT_ID = 'it-600'"
+    )
     assert rows[0]["N"] == 600
 
 

@@ -200,5 +200,5 @@ def test_secret_that_is_not_json_or_absent(secrets):
 def test_secret_created_without_a_value_reads_as_empty(secrets):
     # What the CDK stack creates: a secret with no SecretString at all.
     arn = secrets.create_secret(Name="sf-empty")["ARN"]
-    with pytest.raises(ConfigError, match="is empty .* fill it with JSON"):
+    with pytest.raises(ConfigError, match=r"is empty .* fill it with JSON"):
         SnowflakeConfig.from_env({"SNOWFLAKE_SECRET_ARN": arn})
