@@ -1,0 +1,216 @@
+"""Extract configuration from the environment (and, on AWS, the API key from Secrets Manager).
+
+==================================  ===========================================================
+``COINGECKO_BASE_URL``              API root; default ``https://api.coingecko.com/api/v3``, or
+                                    ``https://pro-api.coingecko.com/api/v3`` for plan ``pro``
+``COINGECKO_API_PLAN``              ``public`` (default), ``demo`` (header
+                                    ``x-cg-demo-api-key``) or ``pro`` (``x-cg-pro-api-key``)
+``COINGECKO_API_KEY``               the key, locally
+``COINGECKO_API_KEY_SECRET_ARN``    on AWS: a secret holding the raw key string, or
+                                    ``{"api_key": "...", "plan": "demo" | "pro"}``; an empty
+                                    secret (or no value yet) means the public API
+``COINGECKO_TIMEOUT_SECONDS``       per request (connect and each read), default 30
+``COINGECKO_MAX_RETRIES``           retries per request (429, 5xx, timeouts), default 6
+``COINGECKO_MAX_RETRY_WAIT_SECONDS``  total seconds one invocation may sleep between retries,
+                                    default 120
+``COINGECKO_BACKOFF_BASE_SECONDS``  first backoff step (doubles each retry, with jitter), 1.0
+``LAKE_BUCKET``                     the lake bucket (``LAKE_LOCAL_DIR`` selects a folder locally)
+==================================  ===========================================================
+
+Rules: ``COINGECKO_API_KEY`` wins over the secret; a secret's ``plan`` wins over
+``COINGECKO_API_PLAN``. A key with plan ``public`` is used as a demo key (CoinGecko's free keyed
+tier, served on the public host). Plan ``demo``/``pro`` without any key is a ConfigError, except
+when the configured secret is empty: an empty secret explicitly means "no key", i.e. public.
+The key is never part of ``repr``, :meth:`ExtractConfig.describe` or any error message.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from functions.common.config import env_float, env_int
+from functions.common.errors import ConfigError
+
+PUBLIC_BASE_URL = "https://api.coingecko.com/api/v3"
+PRO_BASE_URL = "https://pro-api.coingecko.com/api/v3"
+PLANS = ("public", "demo", "pro")
+KEY_HEADERS: dict[str, str] = {"demo": "x-cg-demo-api-key", "pro": "x-cg-pro-api-key"}
+SECRET_SHAPE = 'the API key string, or {"api_key": "...", "plan": "demo" | "pro"}'
+
+# Printable ASCII without spaces: anything else could not travel in an HTTP header.
+_KEY_RE = re.compile(r"^[\x21-\x7e]{1,200}$")
+
+SecretFetcher = Callable[[str], str]
+
+
+@dataclass(frozen=True)
+class ExtractConfig:
+    """Everything the extract needs besides the event; build it with :meth:`from_env`."""
+
+    base_url: str = PUBLIC_BASE_URL
+    plan: str = "public"
+    api_key: str | None = field(default=None, repr=False)
+    key_source: str = "none"  # "env", "secret" or "none" (safe to log)
+    timeout_seconds: float = 30.0
+    max_retries: int = 6
+    max_retry_wait_seconds: float = 120.0
+    backoff_base_seconds: float = 1.0
+    lake_bucket: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.plan not in PLANS:
+            raise ConfigError("COINGECKO_API_PLAN", f"{self.plan!r} must be one of {PLANS}")
+        if self.plan != "public" and not self.api_key:
+            raise ConfigError(
+                "COINGECKO_API_KEY",
+                f"plan {self.plan!r} needs an API key (set COINGECKO_API_KEY or fill the secret "
+                "named by COINGECKO_API_KEY_SECRET_ARN), or use COINGECKO_API_PLAN=public",
+            )
+        if self.api_key is not None and not _KEY_RE.match(self.api_key):
+            raise ConfigError(
+                "COINGECKO_API_KEY",
+                f"the key from {self.key_source} must be 1-200 printable ASCII characters "
+                "without spaces (value not shown)",
+            )
+        _check_base_url(self.base_url)
+        if self.timeout_seconds <= 0:
+            raise ConfigError("COINGECKO_TIMEOUT_SECONDS", f"{self.timeout_seconds} must be > 0")
+
+    @property
+    def auth_headers(self) -> dict[str, str]:
+        """The API-key header for the plan (empty for the public API)."""
+        if self.plan == "public" or not self.api_key:
+            return {}
+        return {KEY_HEADERS[self.plan]: self.api_key}
+
+    def describe(self) -> dict[str, Any]:
+        """A loggable summary (never the key)."""
+        return {
+            "base_url": self.base_url,
+            "plan": self.plan,
+            "key_source": self.key_source,
+            "timeout_seconds": self.timeout_seconds,
+            "max_retries": self.max_retries,
+            "max_retry_wait_seconds": self.max_retry_wait_seconds,
+            "backoff_base_seconds": self.backoff_base_seconds,
+        }
+
+    @classmethod
+    def from_env(
+        cls, env: Mapping[str, str], *, fetch_secret: SecretFetcher | None = None
+    ) -> ExtractConfig:
+        """Read the ``COINGECKO_*`` variables (and the secret, through ``fetch_secret``)."""
+        plan = env.get("COINGECKO_API_PLAN", "").strip().lower() or "public"
+        if plan not in PLANS:
+            raise ConfigError("COINGECKO_API_PLAN", f"{plan!r} must be one of {PLANS}")
+
+        api_key: str | None = env.get("COINGECKO_API_KEY", "").strip() or None
+        key_source = "env" if api_key else "none"
+        arn = env.get("COINGECKO_API_KEY_SECRET_ARN", "").strip()
+        if api_key is None and arn:
+            secret_key, secret_plan = parse_secret(arn, (fetch_secret or fetch_secret_string)(arn))
+            if secret_key is None:
+                plan = "public"  # an empty secret means the public API
+            else:
+                api_key, key_source = secret_key, "secret"
+                plan = secret_plan or plan
+        if api_key and plan == "public":
+            plan = "demo"
+
+        base_url = env.get("COINGECKO_BASE_URL", "").strip().rstrip("/")
+        base_url = base_url or (PRO_BASE_URL if plan == "pro" else PUBLIC_BASE_URL)
+        return cls(
+            base_url=base_url,
+            plan=plan,
+            api_key=api_key,
+            key_source=key_source,
+            timeout_seconds=env_float(env, "COINGECKO_TIMEOUT_SECONDS", 30.0, minimum=0.001),
+            max_retries=env_int(env, "COINGECKO_MAX_RETRIES", 6, minimum=0, maximum=50),
+            max_retry_wait_seconds=env_float(env, "COINGECKO_MAX_RETRY_WAIT_SECONDS", 120.0),
+            backoff_base_seconds=env_float(env, "COINGECKO_BACKOFF_BASE_SECONDS", 1.0),
+            lake_bucket=env.get("LAKE_BUCKET", "").strip() or None,
+        )
+
+
+def _check_base_url(url: str) -> None:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
+        raise ConfigError(
+            "COINGECKO_BASE_URL",
+            f"{url!r} must be an http(s) URL without query, e.g. {PUBLIC_BASE_URL}",
+        )
+
+
+def parse_secret(arn: str, text: str) -> tuple[str | None, str | None]:
+    """``(api_key, plan)`` from the secret's text; ``(None, None)`` for an empty secret.
+
+    The text is the raw key, or a JSON object ``{"api_key": ..., "plan": ...}``. Error messages
+    never quote the text (it holds the key).
+    """
+    text = text.strip()
+    if not text:
+        return None, None
+    if not text.startswith("{"):
+        return text, None
+    try:
+        parsed = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(
+            "COINGECKO_API_KEY_SECRET_ARN",
+            f"secret {arn} looks like JSON but does not parse ({exc.msg} at char {exc.pos});"
+            f" expected {SECRET_SHAPE}",
+        ) from exc
+    if not isinstance(parsed, dict):  # pragma: no cover - text starts with "{"
+        raise ConfigError("COINGECKO_API_KEY_SECRET_ARN", f"secret {arn}: expected {SECRET_SHAPE}")
+    key = parsed.get("api_key")
+    if key is not None and not isinstance(key, str):
+        raise ConfigError(
+            "COINGECKO_API_KEY_SECRET_ARN",
+            f"secret {arn}: api_key must be a string, not {type(key).__name__}",
+        )
+    plan = parsed.get("plan")
+    if plan is not None:
+        if not isinstance(plan, str) or plan.strip().lower() not in PLANS:
+            raise ConfigError(
+                "COINGECKO_API_KEY_SECRET_ARN", f"secret {arn}: plan {plan!r} must be one of {PLANS}"
+            )
+        plan = plan.strip().lower()
+    key = (key or "").strip() or None
+    if key is None:
+        return None, None
+    return key, plan
+
+
+def fetch_secret_string(arn: str) -> str:
+    """The secret's string from Secrets Manager ("" when it has no value yet); boto3 is lazy."""
+    import boto3
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    client = boto3.client("secretsmanager")
+    try:
+        resp = client.get_secret_value(SecretId=arn)
+    except ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code", "error")
+        if code == "ResourceNotFoundException" and _secret_exists(client, arn):
+            # The stack creates the secret with no value: reading it fails this way until an
+            # operator fills it. That is the "no key, public API" case.
+            return ""
+        raise ConfigError("COINGECKO_API_KEY_SECRET_ARN", f"cannot read secret {arn}: {code}") from exc
+    except BotoCoreError as exc:
+        raise ConfigError("COINGECKO_API_KEY_SECRET_ARN", f"cannot read secret {arn}: {exc}") from exc
+    return resp.get("SecretString") or ""
+
+
+def _secret_exists(client: Any, arn: str) -> bool:
+    from botocore.exceptions import ClientError
+
+    try:
+        client.describe_secret(SecretId=arn)
+    except ClientError:
+        return False
+    return True
