@@ -19,6 +19,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
+from snowflake.connector.errors import Error as SnowflakeError
+
 from functions.common.errors import CryptoEtlError, ValidationError
 from functions.common.keys import validate_snapshot_id
 
@@ -219,19 +221,20 @@ def print_summary(report: RunReport, out: TextIO) -> None:
         print(f"  failed state  {report.failed_state}", file=out)
         print(f"  error         {report.error}: {report.error_message}", file=out)
         print(f"  alerts sent   {len(report.alerts)} (SNS topic crypto-etl-alerts)", file=out)
-        print("  warehouse     unchanged by this execution", file=out)
+        if report.failed_state in ("Extract", "Transform", "Load"):
+            print("  warehouse     unchanged (the load is all-or-nothing)", file=out)
     print(f"  lake          {report.lake_dir}", file=out)
     print(f"  warehouse     {report.warehouse_dir}", file=out)
     print('  query it      crypto-etl sql "SELECT COUNT(*) FROM CRYPTO_DATA"', file=out)
 
 
 @contextmanager
-def warehouse_connection(local_dir: Path) -> Iterator[Any]:
-    """The configured Snowflake when SNOWFLAKE_ACCOUNT is set, else the local warehouse."""
-    from functions.load.config import SnowflakeConfig
-    from functions.load.connection import connect
+def warehouse_connection(local_dir: Path, remote: bool = False) -> Iterator[Any]:
+    """The local warehouse, or with ``remote`` the Snowflake configured by SNOWFLAKE_* vars."""
+    if remote:
+        from functions.load.config import SnowflakeConfig
+        from functions.load.connection import connect
 
-    if os.environ.get("SNOWFLAKE_ACCOUNT") and not os.environ.get("CRYPTO_ETL_FORCE_LOCAL"):
         conn = connect(SnowflakeConfig.from_env(os.environ))
         try:
             yield conn
@@ -250,9 +253,11 @@ def warehouse_connection(local_dir: Path) -> Iterator[Any]:
             conn.close()
 
 
-def query(local_dir: Path, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:
+def query(
+    local_dir: Path, sql: str, remote: bool = False
+) -> tuple[list[str], list[tuple[Any, ...]]]:
     """Run one statement and return (column names, rows)."""
-    with warehouse_connection(local_dir) as conn:
+    with warehouse_connection(local_dir, remote) as conn:
         cur = conn.cursor()
         try:
             cur.execute(sql)
@@ -344,10 +349,16 @@ def build_parser() -> argparse.ArgumentParser:
     sql = sub.add_parser("sql", help="run a SQL statement against the warehouse")
     sql.add_argument("statement")
     sql.add_argument("--json", action="store_true", help="print a JSON array of objects")
+    sql.add_argument(
+        "--remote",
+        action="store_true",
+        help="query the Snowflake account configured by SNOWFLAKE_* variables, not the local one",
+    )
 
     show = sub.add_parser("show", help="the latest snapshot's top coins by market cap")
     show.add_argument("--limit", type=int, default=10)
     show.add_argument("--json", action="store_true")
+    show.add_argument("--remote", action="store_true", help="as for sql")
     return parser
 
 
@@ -373,13 +384,15 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
             print_summary(report, out)
             return 0 if report.status == "SUCCEEDED" else 1
         if args.command == "sql":
-            columns, rows = query(args.local_dir, args.statement)
+            columns, rows = query(args.local_dir, args.statement, args.remote)
             _print_rows(columns, rows, args.json, out)
             return 0
         if args.command == "show":
             if args.limit < 1:
                 raise ValidationError("--limit", f"{args.limit} must be at least 1")
-            columns, rows = query(args.local_dir, SHOW_SQL.format(limit=int(args.limit)))
+            columns, rows = query(
+                args.local_dir, SHOW_SQL.format(limit=int(args.limit)), args.remote
+            )
             if not rows and not args.json:
                 print("No snapshot loaded yet: run `crypto-etl run --offline` first.", file=out)
                 return 1
@@ -387,6 +400,10 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
             return 0
     except CryptoEtlError as exc:
         print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+    except SnowflakeError as exc:
+        msg = getattr(exc, "raw_msg", None) or str(exc)
+        print(f"error: the warehouse refused the statement: {msg}", file=sys.stderr)
         return 2
     return 2
 

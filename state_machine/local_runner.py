@@ -37,6 +37,10 @@ TOPIC_NAME = "crypto-etl-alerts"
 
 Handler = Callable[[dict[str, Any], Any], dict[str, Any]]
 
+# Each function's Lambda timeout on AWS (cdk_app/pipeline_functions.py SPECS; an infra test
+# keeps the two equal) so deadline logic sees the same budget locally.
+FUNCTION_TIMEOUTS: dict[str, int] = {"extract": 900, "transform": 300, "load": 600}
+
 # Logical function name -> placeholder in the definition.
 FUNCTIONS: dict[str, str] = {
     "extract": "ExtractFunctionArn",
@@ -89,7 +93,7 @@ def _function_error_payload(exc: BaseException) -> bytes:
 
 @contextmanager
 def dispatch_lambda_in_process(
-    handlers: Mapping[str, Handler], timeout_seconds: float = 900.0
+    handlers: Mapping[str, Handler], timeouts: Mapping[str, float] | None = None
 ) -> Iterator[list[dict[str, Any]]]:
     """Patch moto's Docker-less Lambda backend to call ``handlers[function_name]`` in-process.
 
@@ -114,15 +118,25 @@ def dispatch_lambda_in_process(
         event = json.loads(body) if body else {}
         record: dict[str, Any] = {"function": name, "event": event}
         calls.append(record)
-        context = LocalLambdaContext(function_name=name, timeout_seconds=timeout_seconds)
+        timeout = (timeouts or FUNCTION_TIMEOUTS).get(name, 900)
+        context = LocalLambdaContext(function_name=name, timeout_seconds=timeout)
         try:
             result = handler(event, context)
         except Exception as exc:
             response_headers["x-amz-function-error"] = "Unhandled"
             record["error"] = {"type": type(exc).__name__, "message": str(exc)}
             return _function_error_payload(exc)
+        # As strict as Lambda's runtime: no datetimes, numpy scalars or NaN in a task result.
+        try:
+            payload = json.dumps(result, allow_nan=False).encode()
+        except (TypeError, ValueError) as exc:
+            response_headers["x-amz-function-error"] = "Unhandled"
+            record["error"] = {"type": "Runtime.MarshalError", "message": str(exc)}
+            return json.dumps(
+                {"errorType": "Runtime.MarshalError", "errorMessage": f"{name}: {exc}"}
+            ).encode()
         record["result"] = result
-        return json.dumps(result, default=str).encode()
+        return payload
 
     with mock.patch.object(LambdaSimpleBackend, "invoke", invoke):
         yield calls
@@ -226,7 +240,7 @@ class LocalStepFunctions:
                 Role=role_arn,
                 Handler=f"functions.{name}.handler.handler",
                 Code={"ZipFile": code},
-                Timeout=900,
+                Timeout=FUNCTION_TIMEOUTS[name],
             )["FunctionArn"]
             subs[placeholder] = arn
         self.topic_arn = self.sns.create_topic(Name=TOPIC_NAME)["TopicArn"]

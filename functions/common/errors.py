@@ -45,5 +45,9 @@ class DataQualityError(CryptoEtlError):
     """The data set as a whole fails a quality check (e.g. no valid rows at all)."""
 
 
+class StorageError(CryptoEtlError):
+    """Reading or writing the data lake failed (permissions, throttling, network)."""
+
+
 class LoadError(CryptoEtlError):
     """Loading into the warehouse failed; the transaction was rolled back."""

@@ -6,10 +6,12 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
-from functions.common.errors import ConfigError, ValidationError
+from functions.common.errors import ConfigError, StorageError, ValidationError
 
 
 class Storage(Protocol):
@@ -26,8 +28,6 @@ class Storage(Protocol):
     def exists(self, key: str) -> bool: ...
 
     def list_keys(self, prefix: str) -> list[str]: ...
-
-    def delete(self, key: str) -> None: ...
 
 
 def put_json(storage: Storage, key: str, obj: Any) -> None:
@@ -85,13 +85,14 @@ class LocalStorage:
         keys = [p.relative_to(base).as_posix() for p in base.rglob("*") if p.is_file()]
         return sorted(k for k in keys if k.startswith(prefix) and "/.tmp-" not in k)
 
-    def delete(self, key: str) -> None:
-        """Remove ``key`` if it exists (like S3's DeleteObject, absent is not an error)."""
-        self._path(key).unlink(missing_ok=True)
-
 
 class S3Storage:
-    """An S3 bucket (boto3 is imported lazily so pure modules never pull it in)."""
+    """An S3 bucket (boto3 is imported lazily so pure modules never pull it in).
+
+    Every S3 failure is re-raised as :class:`StorageError` naming the operation, the
+    ``s3://bucket/key`` and S3's error code; a missing object is a :class:`ValidationError`
+    naming the key (the event pointed at something that is not there).
+    """
 
     def __init__(self, bucket: str, client: Any = None) -> None:
         if client is None:
@@ -101,31 +102,47 @@ class S3Storage:
         self.bucket = bucket
         self._s3 = client
 
+    @contextmanager
+    def _errors(self, operation: str, key: str) -> Iterator[None]:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        url = f"s3://{self.bucket}/{key}"
+        try:
+            yield
+        except ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", "error"))
+            if code in ("NoSuchKey", "404", "NotFound"):
+                raise ValidationError("key", f"{url} does not exist") from exc
+            raise StorageError(f"{operation} {url} failed: {code}") from exc
+        except BotoCoreError as exc:
+            raise StorageError(f"{operation} {url} failed: {exc}") from exc
+
     def put_bytes(self, key: str, data: bytes, content_type: str = "") -> None:
         extra = {"ContentType": content_type} if content_type else {}
-        self._s3.put_object(Bucket=self.bucket, Key=key, Body=data, **extra)
+        with self._errors("PutObject", key):
+            self._s3.put_object(Bucket=self.bucket, Key=key, Body=data, **extra)
 
     def get_bytes(self, key: str) -> bytes:
-        try:
+        with self._errors("GetObject", key):
             return self._s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
-        except self._s3.exceptions.NoSuchKey as exc:
-            raise ValidationError("key", f"s3://{self.bucket}/{key} does not exist") from exc
 
     def download(self, key: str, dest: Path) -> None:
-        self._s3.download_file(self.bucket, key, str(dest))
+        with self._errors("GetObject", key):
+            self._s3.download_file(self.bucket, key, str(dest))
 
     def exists(self, key: str) -> bool:
-        resp = self._s3.list_objects_v2(Bucket=self.bucket, Prefix=key, MaxKeys=1)
+        # ListObjectsV2 on the key as prefix: needs only s3:ListBucket (scoped by prefix in
+        # IAM), and answers "absent" where HeadObject would answer 403 without ListBucket.
+        with self._errors("ListObjectsV2", key):
+            resp = self._s3.list_objects_v2(Bucket=self.bucket, Prefix=key, MaxKeys=1)
         return any(o["Key"] == key for o in resp.get("Contents", []))
-
-    def delete(self, key: str) -> None:
-        self._s3.delete_object(Bucket=self.bucket, Key=key)
 
     def list_keys(self, prefix: str) -> list[str]:
         keys: list[str] = []
-        paginator = self._s3.get_paginator("list_objects_v2")
-        for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
-            keys.extend(o["Key"] for o in page.get("Contents", []))
+        with self._errors("ListObjectsV2", prefix):
+            paginator = self._s3.get_paginator("list_objects_v2")
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+                keys.extend(o["Key"] for o in page.get("Contents", []))
         return sorted(keys)
 
 

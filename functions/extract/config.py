@@ -40,7 +40,7 @@ PUBLIC_BASE_URL = "https://api.coingecko.com/api/v3"
 PRO_BASE_URL = "https://pro-api.coingecko.com/api/v3"
 PLANS = ("public", "demo", "pro")
 KEY_HEADERS: dict[str, str] = {"demo": "x-cg-demo-api-key", "pro": "x-cg-pro-api-key"}
-SECRET_SHAPE = 'the API key string, or {"api_key": "...", "plan": "demo" | "pro"}'
+VALUE_SHAPE = 'the API key string, or {"api_key": "...", "plan": "demo" | "pro"}'
 
 # Printable ASCII without spaces: anything else could not travel in an HTTP header.
 _KEY_RE = re.compile(r"^[\x21-\x7e]{1,200}$")
@@ -163,10 +163,10 @@ def parse_secret(arn: str, text: str) -> tuple[str | None, str | None]:
         raise ConfigError(
             "COINGECKO_API_KEY_SECRET_ARN",
             f"secret {arn} looks like JSON but does not parse ({exc.msg} at char {exc.pos});"
-            f" expected {SECRET_SHAPE}",
+            f" expected {VALUE_SHAPE}",
         ) from exc
     if not isinstance(parsed, dict):  # pragma: no cover - text starts with "{"
-        raise ConfigError("COINGECKO_API_KEY_SECRET_ARN", f"secret {arn}: expected {SECRET_SHAPE}")
+        raise ConfigError("COINGECKO_API_KEY_SECRET_ARN", f"secret {arn}: expected {VALUE_SHAPE}")
     key = parsed.get("api_key")
     if key is not None and not isinstance(key, str):
         raise ConfigError(
@@ -177,7 +177,8 @@ def parse_secret(arn: str, text: str) -> tuple[str | None, str | None]:
     if plan is not None:
         if not isinstance(plan, str) or plan.strip().lower() not in PLANS:
             raise ConfigError(
-                "COINGECKO_API_KEY_SECRET_ARN", f"secret {arn}: plan {plan!r} must be one of {PLANS}"
+                "COINGECKO_API_KEY_SECRET_ARN",
+                f"secret {arn}: plan {plan!r} must be one of {PLANS}",
             )
         plan = plan.strip().lower()
     key = (key or "").strip() or None
@@ -200,9 +201,13 @@ def fetch_secret_string(arn: str) -> str:
             # The stack creates the secret with no value: reading it fails this way until an
             # operator fills it. That is the "no key, public API" case.
             return ""
-        raise ConfigError("COINGECKO_API_KEY_SECRET_ARN", f"cannot read secret {arn}: {code}") from exc
+        raise ConfigError(
+            "COINGECKO_API_KEY_SECRET_ARN", f"cannot read secret {arn}: {code}"
+        ) from exc
     except BotoCoreError as exc:
-        raise ConfigError("COINGECKO_API_KEY_SECRET_ARN", f"cannot read secret {arn}: {exc}") from exc
+        raise ConfigError(
+            "COINGECKO_API_KEY_SECRET_ARN", f"cannot read secret {arn}: {exc}"
+        ) from exc
     return resp.get("SecretString") or ""
 
 

@@ -110,7 +110,8 @@ def parse_event(event: Any, *, bucket: str) -> LoadRequest:
         raise ValidationError("quality", f"must be a JSON object, not {type(quality).__name__}")
     counts = {f: _count(event, f) for f in _COUNT_FIELDS}
     run = RunInfo(
-        execution_id=_optional_str(event, "execution_id"),
+        # Required: a Lambda-level retry after COMMIT replaces its own ETL_RUNS row by it.
+        execution_id=_required_str(event, "execution_id"),
         fetched_at=_timestamp(event, "fetched_at"),
         fetch_date=_date(event, "fetch_date"),
         vs_currency=_optional_str(event, "vs_currency"),
@@ -171,7 +172,15 @@ def run(
         "rows_inserted": result.rows_inserted,
         "rows_replaced": result.rows_replaced,
         "table": result.table,
+        "asset_dim_merged": result.asset_dim_error is None,
     }
+
+
+def _required_str(event: Mapping[str, Any], field: str) -> str:
+    value = event.get(field)
+    if not isinstance(value, str) or not value.strip():
+        raise ValidationError(field, f"{value!r} must be a non-empty string")
+    return value
 
 
 def handler(event: dict, context: Any) -> dict:

@@ -68,6 +68,7 @@ class LoadResult:
     loaded_at: str = ""
     dominance_basis: str | None = None
     assets_merged: int = 0
+    asset_dim_error: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -327,8 +328,19 @@ def _load(
             ) from exc
         raise
 
-    # Autocommit from here: the MERGE is idempotent, so a retried task converges.
-    merged = _run(cur, sql.merge_asset_dim(names, staging), timings, snapshot_id)
+    # Autocommit from here. The snapshot is committed, so a failure of the (idempotent) asset
+    # MERGE must not fail the execution and alert "nothing changed": it is logged, reported as
+    # asset_dim_error, and the next load of any snapshot converges the dimension.
+    merged: list[tuple[Any, ...]] = []
+    asset_dim_error: str | None = None
+    try:
+        merged = _execute(cur, sql.merge_asset_dim(names, staging), timings)
+    except SnowflakeError as exc:
+        asset_dim_error = _one_line(exc)
+        logger.warning(
+            "asset dimension merge failed after the snapshot was committed",
+            extra={"snapshot": snapshot_id, "error": asset_dim_error},
+        )
     return LoadResult(
         rows_inserted=int(new_keys),
         rows_replaced=int(existing),
@@ -337,6 +349,7 @@ def _load(
         loaded_at=loaded_at,
         dominance_basis=basis,
         assets_merged=sum(int(v or 0) for v in merged[0]) if merged else 0,
+        asset_dim_error=asset_dim_error,
         timings=timings,
     )
 

@@ -360,7 +360,10 @@ def copy_into_staging(table: str, stage: str) -> Statement:
         f"COPY INTO {validate_identifier(table, 'staging table')}"
         f" FROM @{validate_identifier(stage, 'stage')}"
         " FILE_FORMAT = (TYPE = CSV SKIP_HEADER = 1 FIELD_OPTIONALLY_ENCLOSED_BY = '\"'"
-        " NULL_IF = ('') EMPTY_FIELD_AS_NULL = TRUE COMPRESSION = GZIP)"
+        " NULL_IF = ('') EMPTY_FIELD_AS_NULL = TRUE COMPRESSION = GZIP"
+        # pandas writes a backslash unquoted and unescaped; Snowflake's default escape for
+        # unenclosed fields is '\\', which would swallow the next delimiter.
+        " ESCAPE_UNENCLOSED_FIELD = NONE)"
         " ON_ERROR = ABORT_STATEMENT FORCE = TRUE",
     )
 

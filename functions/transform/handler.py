@@ -155,10 +155,10 @@ def run(event: Mapping[str, Any], *, storage: Storage) -> dict[str, Any]:
     timings["transform_s"] = time.perf_counter() - started
 
     started = time.perf_counter()
-    rejected_key = None
-    if result.rejected_count:
-        rejected_key = keys.rejected_key(request.snapshot_id, request.fetch_date)
-        storage.put_bytes(rejected_key, rejected_to_csv_gz(result.rejected), GZIP_CONTENT_TYPE)
+    # Always written (header only when nothing was refused): a retried or re-run snapshot then
+    # never leaves an earlier attempt's rejects behind, and the role needs no delete permission.
+    rejected_key = keys.rejected_key(request.snapshot_id, request.fetch_date)
+    storage.put_bytes(rejected_key, rejected_to_csv_gz(result.rejected), GZIP_CONTENT_TYPE)
     quality = result.quality
     if not result.row_count:
         logger.error("no valid rows", extra={"quality": quality, "rejected_key": rejected_key})

@@ -80,3 +80,10 @@ def test_bad_values_are_refused_naming_the_key(key: str, value: str, problem: st
 def test_schedule_expressions_accepted() -> None:
     for expression in ("rate(6 hours)", "rate(1 day)", "cron(0 */6 * * ? *)"):
         assert _settings(schedule=expression).schedule == expression
+
+
+def test_local_mode_gives_each_function_its_deployed_timeout():
+    from cdk_app.pipeline_functions import SPECS
+    from state_machine.local_runner import FUNCTION_TIMEOUTS
+
+    assert {name: spec.timeout_s for name, spec in SPECS.items()} == FUNCTION_TIMEOUTS

@@ -207,6 +207,23 @@ def test_load_writes_typed_rows_run_log_and_asset_dim(conn, names, tmp_path):
     ]
 
 
+def test_backslashes_and_delimiters_in_text_survive_the_copy(conn, names, tmp_path):
+    rows = [
+        coin("slash", "bs", T1, name="ends with a backslash\\", symbol="a\\b,c"),
+        coin("tab", "bs", T1, name="tab\\tnot-a-tab", symbol="x"),
+    ]
+    path = write_processed(tmp_path / "bs.csv.gz", rows)
+    load_snapshot(conn, local_file=path, snapshot_id="bs", row_count=2, names=names)
+    got = q(conn, f"SELECT COIN_ID, NAME, SYMBOL FROM {names.q('CRYPTO_DATA')}"
+               " WHERE SNAPSHOT_ID = 'bs' ORDER BY COIN_ID")  # fmt: skip
+    assert got == [
+        ("slash", "ends with a backslash\\", "a\\b,c"),
+        ("tab", "tab\\tnot-a-tab", "x"),
+    ]
+    sql_text = sql.copy_into_staging("T", "S").sql
+    assert "ESCAPE_UNENCLOSED_FIELD = NONE" in sql_text
+
+
 def test_reloading_a_snapshot_replaces_it_and_another_snapshot_adds_rows(conn, names, tmp_path):
     first = [coin(c, "s1", T1) for c in ("a", "b", "c")]
     path = write_processed(tmp_path / "s1.csv.gz", first)
@@ -388,6 +405,27 @@ def test_a_failure_inside_the_transaction_rolls_everything_back(
     assert (res.rows_inserted, res.rows_replaced) == (1, 3)
 
 
+def test_an_asset_dim_failure_after_commit_is_reported_not_raised(
+    conn, names, loaded, tmp_path, monkeypatch
+):
+    """The snapshot is committed: failing the execution would wrongly claim nothing changed."""
+    real_merge = sql.merge_asset_dim
+
+    def failing_merge(n: Names, staging: str) -> sql.Statement:
+        stmt = real_merge(n, staging)
+        return sql.Statement(stmt.label, stmt.sql.replace("MERGE INTO", "MERGE INTO NO_SUCH."),
+                             stmt.params)  # fmt: skip
+
+    monkeypatch.setattr(sql, "merge_asset_dim", failing_merge)
+    path = write_processed(tmp_path / "m.csv.gz", [coin(c, "s9", T1) for c in "pq"])
+    res = load_snapshot(conn, local_file=path, snapshot_id="s9", row_count=2, names=names,
+                        run=RunInfo(execution_id="e9"))  # fmt: skip
+    assert res.asset_dim_error
+    assert res.rows_inserted == 2
+    count = q(conn, f"SELECT COUNT(*) FROM {names.q('CRYPTO_DATA')} WHERE SNAPSHOT_ID = 's9'")
+    assert count == [(2,)]
+
+
 def test_an_empty_snapshot_replaces_the_rows_only_if_the_file_is_empty(
     conn, names, loaded, tmp_path
 ):
@@ -457,7 +495,8 @@ def test_handler_loads_the_processed_file_and_returns_the_contract(
 
     out = load_handler.handler(event, lambda_context)
     assert out == {**event, "rows_inserted": 2, "rows_replaced": 0,
-                   "table": f"CRYPTO_ETL_DB.{cfg.schema}.CRYPTO_DATA"}  # fmt: skip
+                   "table": f"CRYPTO_ETL_DB.{cfg.schema}.CRYPTO_DATA",
+                   "asset_dim_merged": True}  # fmt: skip
     out = load_handler.handler(event, lambda_context)
     assert (out["rows_inserted"], out["rows_replaced"]) == (0, 2)
     c = connect(cfg)
@@ -488,6 +527,8 @@ def test_handler_loads_the_processed_file_and_returns_the_contract(
         ({"quality": [1]}, "quality"),
         ({"rejected_key": "processed/x.csv.gz"}, "rejected_key"),
         ({"pages": 1.5}, "pages"),
+        ({"execution_id": None}, "execution_id"),
+        ({"execution_id": "  "}, "execution_id"),
     ],
 )  # fmt: skip
 def test_bad_events_raise_validation_error_naming_the_field(change, field, lake):

@@ -140,3 +140,13 @@ def test_a_failing_task_publishes_an_alert_and_fails_the_execution(state: str):
     assert alert["error"] == "LoadError"
     assert json.loads(alert["cause"])["errorType"] == "LoadError"
     assert alert["execution"] == result.execution_arn
+
+
+def test_a_result_lambda_could_not_serialise_fails_like_on_aws():
+    handlers, _ = _handlers()
+    handlers["transform"] = lambda event, context: {**event, "ratio": float("nan")}
+    with LocalStepFunctions(handlers, retry_sleep=lambda s: None) as sfn:
+        result = sfn.execute({}, name="exec-nan")
+    assert result.status == "FAILED"
+    assert result.failed_state == "Transform"
+    assert result.error == "Runtime.MarshalError"

@@ -151,11 +151,18 @@ def test_rerun_rewrites_identical_bytes(lake: LocalStorage) -> None:
     assert lake.get_bytes(second["processed_key"]) == data
 
 
-def test_no_rejects_means_no_rejected_file(lake: LocalStorage) -> None:
-    event = lay_out(lake, [[coin("a", 1)]], GLOBAL)
-    out = run(event, storage=lake)
-    assert out["rejected_key"] is None and out["rejected_count"] == 0
-    assert lake.list_keys(keys.REJECTED) == []
+def test_no_rejects_still_rewrites_the_rejected_file_header_only(lake: LocalStorage) -> None:
+    # A first attempt refused a row; the rerun refuses none and must not leave it behind.
+    bad = lay_out(lake, [[coin("a", 1), coin("b", 2, current_price=-1)]], GLOBAL)
+    first = run(bad, storage=lake)
+    assert first["rejected_count"] == 1
+    assert len(read_csv_gz(lake, first["rejected_key"])) == 1
+    good = lay_out(lake, [[coin("a", 1)]], GLOBAL)
+    out = run(good, storage=lake)
+    assert out["rejected_count"] == 0
+    assert out["rejected_key"] == first["rejected_key"]
+    rejected = read_csv_gz(lake, out["rejected_key"])
+    assert len(rejected) == 0 and "reject_reason" in rejected.columns
 
 
 def test_missing_global_uses_the_fetched_basis(lake: LocalStorage) -> None:

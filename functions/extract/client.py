@@ -1,0 +1,323 @@
+"""The CoinGecko API v3 client: a ``requests.Session`` with retries, a wait budget and counters.
+
+Retried: HTTP 429 (waiting ``Retry-After`` seconds or until its HTTP-date when the header is
+there, else exponential backoff with jitter), any 5xx, timeouts and connection errors (refused,
+reset, dropped mid-body), with exponential backoff and jitter: ``base * 2**(n-1)`` seconds for
+retry n, capped at :data:`MAX_SINGLE_WAIT`, drawn uniformly from the upper half of that step
+("equal jitter", so concurrent clients spread out but never retry instantly). Two limits apply,
+whichever comes first: ``max_retries`` per request, and ``max_retry_wait`` seconds of sleeping in
+total for the client's lifetime (one Lambda invocation). When the next wait would not fit in
+what is left of the budget (or of the optional ``deadline``), the client stops at once, without
+sleeping, and raises :class:`SourceUnavailableError` naming the URL, the last status and the
+attempts. Any other 4xx (and 3xx: redirects are not followed, so the key header never leaves
+the configured host) raises :class:`SourceError` at once with the API's own message.
+
+Why an explicit loop rather than urllib3's ``Retry`` on an ``HTTPAdapter``: ``Retry`` covers
+status/connect/read retries, ``Retry-After`` and jittered backoff, but a total wait budget needs
+a subclass overriding ``increment`` *and* ``sleep``; its exhaustion surfaces as
+``requests.ConnectionError``/``RetryError`` wrapping ``MaxRetryError`` where the last response
+(status, CoinGecko's message) is lost; sleeps cannot be injected without patching; and counting
+the requests actually sent means reading ``Retry.history`` off a response that a failure never
+returns. The loop below is shorter than that subclass, keeps every decision in one place, and
+is where the planned calls-per-minute pacing will go.
+
+The raw body of every successful response is kept as bytes (``ApiResponse.body``) so the
+extract stores it exactly as received.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC
+from email.utils import parsedate_to_datetime
+from typing import Any
+from urllib.parse import urlencode
+
+import requests
+
+from functions.common.errors import SourceError, SourceUnavailableError
+from functions.extract.api_errors import error_from_bytes, parse_error_body, snippet
+from functions.extract.config import ExtractConfig
+from functions.extract.paging import MARKETS_PATH, markets_query
+
+MAX_SINGLE_WAIT = 60.0
+USER_AGENT = "crypto-etl/0.1 (+requests)"
+
+# Transient transport failures: connect/read timeouts, refused or reset connections, a body cut
+# off mid-way. (requests.Timeout covers ConnectTimeout and ReadTimeout.)
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    requests.Timeout,
+    requests.ConnectionError,
+    requests.exceptions.ChunkedEncodingError,
+)
+
+
+def is_retryable_status(status: int) -> bool:
+    """429 and every 5xx are worth retrying; nothing else is."""
+    return status == 429 or 500 <= status <= 599
+
+
+def parse_retry_after(value: str | None, now: float) -> float | None:
+    """Seconds to wait per a ``Retry-After`` header (delay-seconds or HTTP-date), or None.
+
+    ``now`` is the current Unix time (for the HTTP-date form). A date in the past gives 0.
+    Unparseable values give None (the caller then backs off exponentially).
+    """
+    if value is None or not value.strip():
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        seconds = when.timestamp() - now
+    if seconds != seconds or seconds in (float("inf"), float("-inf")):
+        return None
+    return max(0.0, seconds)
+
+
+@dataclass(frozen=True)
+class ApiResponse:
+    """A successful (2xx) response: the body exactly as received plus its parsed JSON."""
+
+    url: str
+    status: int
+    body: bytes = field(repr=False)
+    headers: Mapping[str, str] = field(repr=False)
+    attempts: int
+    data: Any = field(default=None, repr=False)
+
+
+class CoinGeckoClient:
+    """GET requests to the CoinGecko API v3 with retries; counts ``api_calls`` and ``retries``.
+
+    ``sleep``, ``clock`` (monotonic seconds), ``wall_clock`` (Unix time, for HTTP-date
+    ``Retry-After``) and ``rng`` are injectable for tests. ``deadline`` returns the seconds left
+    to the caller (e.g. the Lambda's remaining time); no retry wait may eat into the last
+    ``deadline_reserve`` seconds of it.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        timeout: float = 30.0,
+        max_retries: int = 6,
+        max_retry_wait: float = 120.0,
+        backoff_base: float = 1.0,
+        session: requests.Session | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        wall_clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+        deadline: Callable[[], float] | None = None,
+        deadline_reserve: float = 0.0,
+        logger: Any = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
+        self.max_retries = max_retries
+        self.max_retry_wait = max_retry_wait
+        self.backoff_base = backoff_base
+        self._session = session or requests.Session()
+        self._session.headers.update(
+            {"Accept": "application/json", "User-Agent": USER_AGENT, **(headers or {})}
+        )
+        self._sleep = sleep
+        self._wall_clock = wall_clock
+        self._rng = rng or random.Random()
+        self._deadline = deadline
+        self._deadline_reserve = deadline_reserve
+        self._log = logger or logging.getLogger(__name__)
+        self.api_calls = 0
+        self.retries = 0
+        self.waited_seconds = 0.0
+
+    @classmethod
+    def from_config(cls, config: ExtractConfig, **kwargs: Any) -> CoinGeckoClient:
+        """A client for ``config`` (base URL, plan's key header, timeouts, retry budget)."""
+        return cls(
+            config.base_url,
+            headers=config.auth_headers,
+            timeout=config.timeout_seconds,
+            max_retries=config.max_retries,
+            max_retry_wait=config.max_retry_wait_seconds,
+            backoff_base=config.backoff_base_seconds,
+            **kwargs,
+        )
+
+    def __enter__(self) -> CoinGeckoClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._session.close()
+
+    # -- endpoints ---------------------------------------------------------------------------
+
+    def markets_page(self, vs_currency: str, page: int, per_page: int) -> ApiResponse:
+        """One page of ``/coins/markets`` by market cap; ``data`` is the list of coins."""
+        return self.get_json(MARKETS_PATH, markets_query(vs_currency, page, per_page), expect=list)
+
+    def global_data(self) -> ApiResponse:
+        """``/global``; ``data`` is the parsed body, whose ``data`` member is an object."""
+        resp = self.get_json("/global", expect=dict)
+        if not isinstance(resp.data.get("data"), dict):
+            raise SourceError(
+                f"CoinGecko GET {resp.url} returned HTTP {resp.status} without a 'data' object: "
+                f"{snippet(resp.body)!r}",
+                url=resp.url,
+                status=resp.status,
+            )
+        return resp
+
+    def ping(self) -> ApiResponse:
+        """``/ping`` (``{"gecko_says": ...}``)."""
+        return self.get_json("/ping", expect=dict)
+
+    # -- plumbing ----------------------------------------------------------------------------
+
+    def url(self, path: str, params: Mapping[str, str] | None = None) -> str:
+        """The full URL of ``path`` (relative to the base URL) with ``params``."""
+        query = f"?{urlencode(params)}" if params else ""
+        return f"{self.base_url}/{path.lstrip('/')}{query}"
+
+    def get_json(
+        self,
+        path: str,
+        params: Mapping[str, str] | None = None,
+        *,
+        expect: type = object,
+    ) -> ApiResponse:
+        """:meth:`get`, then parse the body as JSON of type ``expect`` (else SourceError)."""
+        resp = self.get(path, params)
+        try:
+            data = json.loads(resp.body)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise SourceError(
+                f"CoinGecko GET {resp.url} returned HTTP {resp.status} but the body is not JSON "
+                f"({exc}): {snippet(resp.body)!r}",
+                url=resp.url,
+                status=resp.status,
+            ) from exc
+        if not isinstance(data, expect):
+            error = parse_error_body(data)
+            what = f"an error object ({error.message})" if error else f"a {type(data).__name__}"
+            raise SourceError(
+                f"CoinGecko GET {resp.url} returned HTTP {resp.status} with {what} where a JSON "
+                f"{expect.__name__} was expected: {snippet(resp.body)!r}",
+                url=resp.url,
+                status=resp.status,
+                api_message=error.message if error else "",
+            )
+        return ApiResponse(resp.url, resp.status, resp.body, resp.headers, resp.attempts, data)
+
+    def get(self, path: str, params: Mapping[str, str] | None = None) -> ApiResponse:
+        """GET ``path``; return the first 2xx response, retrying transient failures."""
+        url = self.url(path, params)
+        attempts = 0
+        while True:
+            attempts += 1
+            self.api_calls += 1
+            status: int | None = None
+            retry_after: float | None = None
+            api_message = ""
+            try:
+                resp = self._session.get(url, timeout=self.timeout, allow_redirects=False)
+                body = resp.content
+            except TRANSIENT_ERRORS as exc:
+                problem = f"{type(exc).__name__}: {_short(exc)}"
+            else:
+                status = resp.status_code
+                if 200 <= status <= 299:
+                    return ApiResponse(url, status, body, dict(resp.headers), attempts)
+                error = error_from_bytes(body)
+                message = error.message if error else snippet(body)
+                if not is_retryable_status(status):
+                    raise SourceError(
+                        f"CoinGecko GET {url} failed with HTTP {status} (not retried): "
+                        f"{message or resp.reason}",
+                        url=url,
+                        status=status,
+                        api_message=error.message if error else "",
+                    )
+                problem = f"HTTP {status}: {message or resp.reason}"
+                api_message = error.message if error else ""
+                if status == 429:
+                    retry_after = parse_retry_after(
+                        resp.headers.get("Retry-After"), self._wall_clock()
+                    )
+            wait = self._next_wait(attempts, retry_after, url, status, problem, api_message)
+            self._log.warning(
+                "CoinGecko request failed, retrying",
+                extra={
+                    "url": url,
+                    "problem": problem,
+                    "attempt": attempts,
+                    "wait_seconds": round(wait, 3),
+                    "retry_after": retry_after,
+                },
+            )
+            self.retries += 1
+            self.waited_seconds += wait
+            if wait > 0:
+                self._sleep(wait)
+
+    def backoff(self, retry: int) -> float:
+        """The jittered exponential wait before retry number ``retry`` (1-based)."""
+        step = min(MAX_SINGLE_WAIT, self.backoff_base * 2 ** (retry - 1))
+        return step / 2 + self._rng.uniform(0, step / 2)
+
+    def _next_wait(
+        self,
+        attempts: int,
+        retry_after: float | None,
+        url: str,
+        status: int | None,
+        problem: str,
+        api_message: str,
+    ) -> float:
+        """How long to sleep before the next attempt, or raise SourceUnavailableError."""
+        last = f"last {problem}"
+
+        def give_up(reason: str) -> SourceUnavailableError:
+            return SourceUnavailableError(
+                f"CoinGecko GET {url} still failing after {attempts} attempt"
+                f"{'s' if attempts != 1 else ''} ({last}); gave up: {reason}",
+                url=url,
+                status=status,
+                api_message=api_message,
+            )
+
+        if attempts > self.max_retries:
+            raise give_up(f"max retries ({self.max_retries}) reached")
+        wait = retry_after if retry_after is not None else self.backoff(attempts)
+        remaining = self.max_retry_wait - self.waited_seconds
+        if wait > remaining:
+            source = "Retry-After asks for" if retry_after is not None else "the next backoff is"
+            raise give_up(
+                f"{source} {wait:.1f}s but only {max(remaining, 0):.1f}s of the "
+                f"{self.max_retry_wait:g}s retry-wait budget are left"
+            )
+        if self._deadline is not None:
+            left = self._deadline() - self._deadline_reserve
+            if wait > left:
+                raise give_up(f"waiting {wait:.1f}s would run past the deadline ({left:.1f}s left)")
+        return wait
+
+
+def _short(exc: BaseException, limit: int = 200) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -1,0 +1,580 @@
+"""A local stand-in for the CoinGecko API v3 on 127.0.0.1, with scripted faults and rate limits.
+
+``ReplayServer`` is a ``ThreadingHTTPServer`` on a free port (or the one given), served from a
+daemon thread; use it as a context manager (it stops itself) and point the extract at
+``server.base_url`` (``http://127.0.0.1:<port>/api/v3``). Endpoints:
+
+``GET /api/v3/coins/markets``
+    CoinGecko's paging: ``vs_currency`` is required (else HTTP 422
+    ``{"error": "Missing parameter vs_currency"}``, CoinGecko's recorded answer); ``per_page``
+    (default 100, clamped to 1..250) and ``page`` (default 1) select coins
+    ``[(page-1)*per_page, page*per_page)``; pages past the end are ``[]``. ``order`` is always
+    market cap descending; ``ids`` (comma-separated) filters the synthetic market.
+``GET /api/v3/global``, ``GET /api/v3/ping``
+    as CoinGecko; anything else is 404 ``{"error": "Incorrect path..."}``.
+
+Two sources:
+
+* **synthetic** (:meth:`ReplayServer.synthetic`): :mod:`local_mode.synthetic`'s deterministic
+  market of ``coins`` coins (quoted in any currency of ``synthetic.FX_RATES``; another
+  ``vs_currency`` is HTTP 400 ``{"error": "invalid vs_currency"}``) and its ``/global``.
+* **recorded directory** (:meth:`ReplayServer.from_directory`): ``DIR/markets-page-0001.json``,
+  ``-0002``, … are served byte for byte at their page number whatever ``per_page`` asks;
+  a page number with no file (past the last one, or a gap) is ``[]``. A file holding a CoinGecko
+  error object is served with the status it names: ``{"status": {"error_code": C, ...}}`` with
+  C the HTTP status when C is 400-599 (429, 500, 403...), CoinGecko's own codes mapped (10002,
+  10010, 10011 -> 401; 10005, 1020 -> 403), anything else 400; ``{"error": "..."}`` -> 422 for
+  "Missing parameter ...", 404 for "... not found", else 400 (see
+  ``functions.extract.api_errors.ApiErrorBody.http_status``). Any other content (even broken
+  JSON or HTML, to test such bodies) is served with 200. ``DIR/global.json`` is served as
+  recorded (an error object with its status, as above). **Without** ``global.json`` the server
+  answers ``/global`` with a minimal, honest body: the right shape with *empty*
+  ``total_market_cap``/``total_volume``/``market_cap_percentage`` and the header
+  ``X-Replay-Synthesized: global``. It does not invent totals from the pages (that would make
+  the fetched coins look like 100% of the market); the transform then falls back to the fetched
+  sums and flags ``DOMINANCE_BASIS = 'fetched'``.
+
+Fault injection for tests (checked in this order for every request):
+
+1. scripted responses: :meth:`ReplayServer.script` queues :class:`Scripted` responses for an
+   endpoint (optionally one page of ``/coins/markets``); each request pops the first matching
+   one (page-specific queue first, then the endpoint's). A ``Scripted`` may set a status,
+   headers (``Retry-After``...), a body, a ``delay`` before answering (with no status it then
+   serves the normal response slowly) or ``close`` (drop the connection without answering).
+2. rate limit: :meth:`ReplayServer.rate_limit` (N requests per sliding window of W seconds)
+   answers 429 with ``Retry-After`` (whole seconds until a slot frees) and CoinGecko's body.
+   Only requests answered by the source count against the window (not the 429s, not the
+   scripted replies), so waiting ``Retry-After`` always gets a request through.
+3. the source.
+
+Every request is recorded (:attr:`ReplayServer.requests`: path, query, headers, page, status).
+
+Run it by hand: ``python -m local_mode.replay_server --coins 1000`` or
+``python -m local_mode.replay_server --replay DIR [--port 8080] [--rate-limit 30/60]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import re
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+from functions.extract.api_errors import error_from_bytes
+from local_mode import synthetic
+
+API_PREFIX = "/api/v3"
+MAX_PER_PAGE = 250
+DEFAULT_PER_PAGE = 100
+PAGE_FILE_RE = re.compile(r"^markets-page-(\d+)\.json$")
+RATE_LIMIT_BODY = {
+    "status": {
+        "error_code": 429,
+        "error_message": "You've exceeded the Rate Limit. Please visit "
+        "https://www.coingecko.com/en/api/pricing to subscribe to our API plans for higher "
+        "rate limits.",
+    }
+}
+NOT_FOUND_BODY = {"error": "Incorrect path. Please check https://www.coingecko.com/api/"}
+PING_BODY = {"gecko_says": "(V3) To the Moon!"}
+
+
+def _json_bytes(obj: Any) -> bytes:
+    """Compact JSON, as CoinGecko sends it."""
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+@dataclass(frozen=True)
+class Reply:
+    """What the server sends: status, body bytes and extra headers."""
+
+    status: int
+    body: bytes
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Scripted:
+    """A scripted response (see the module docstring). ``body`` bytes/str go out as they are;
+    any other object is sent as compact JSON."""
+
+    status: int | None = None
+    body: Any = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+    delay: float = 0.0
+    close: bool = False
+
+    @classmethod
+    def error(
+        cls,
+        status: int,
+        message: str | None = None,
+        *,
+        retry_after: str | float | None = None,
+        style: str = "status",
+    ) -> Scripted:
+        """An error in CoinGecko's shape: ``{"status": {...}}`` (``style="status"``) or
+        ``{"error": ...}`` (``style="error"``), optionally with a ``Retry-After`` header."""
+        message = message or f"HTTP {status}"
+        body: dict[str, Any] = (
+            {"error": message}
+            if style == "error"
+            else {"status": {"error_code": status, "error_message": message}}
+        )
+        headers = {} if retry_after is None else {"Retry-After": str(retry_after)}
+        return cls(status=status, body=body, headers=headers)
+
+    @classmethod
+    def slow(cls, seconds: float) -> Scripted:
+        """The normal response, after ``seconds``."""
+        return cls(delay=seconds)
+
+    @classmethod
+    def drop(cls) -> Scripted:
+        """Close the connection without answering."""
+        return cls(close=True)
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    """One request as the server saw it (``status`` None: the connection was dropped)."""
+
+    method: str
+    path: str
+    endpoint: str  # path below /api/v3, e.g. "/coins/markets"
+    query: dict[str, str]
+    headers: dict[str, str]  # lower-case names
+    page: int | None
+    status: int | None
+
+
+class MarketSource:
+    """Where the market data comes from (subclassed by the synthetic and recorded sources)."""
+
+    kind = "base"
+
+    def markets(self, query: Mapping[str, str], page: int, per_page: int) -> Reply:
+        raise NotImplementedError
+
+    def global_data(self) -> Reply:
+        raise NotImplementedError
+
+
+class SyntheticSource(MarketSource):
+    """The deterministic synthetic market (generated once per currency, on first use)."""
+
+    kind = "synthetic"
+
+    def __init__(self, coins: int = 1000, seed: int = synthetic.DEFAULT_SEED) -> None:
+        self.coins = coins
+        self.seed = seed
+        self._lock = threading.Lock()
+        self._markets: dict[str, list[dict[str, Any]]] = {}
+        self._global: bytes | None = None
+
+    def market(self, vs_currency: str) -> list[dict[str, Any]]:
+        """The whole market quoted in ``vs_currency`` (cached)."""
+        with self._lock:
+            if vs_currency not in self._markets:
+                self._markets[vs_currency] = synthetic.generate_markets(
+                    self.coins, seed=self.seed, vs_currency=vs_currency
+                )
+            return self._markets[vs_currency]
+
+    def markets(self, query: Mapping[str, str], page: int, per_page: int) -> Reply:
+        vs = query["vs_currency"].strip().lower()
+        if vs not in synthetic.FX_RATES:
+            return Reply(400, _json_bytes({"error": "invalid vs_currency"}))
+        coins = self.market(vs)
+        ids = [i.strip() for i in query.get("ids", "").split(",") if i.strip()]
+        if ids:
+            wanted = set(ids)
+            coins = [c for c in coins if c["id"] in wanted]
+        start = (page - 1) * per_page
+        return Reply(200, _json_bytes(coins[start : start + per_page]))
+
+    def global_data(self) -> Reply:
+        if self._global is None:
+            self._global = _json_bytes(
+                synthetic.generate_global(self.market("usd"), seed=self.seed)
+            )
+        return Reply(200, self._global)
+
+
+def _recorded_reply(body: bytes) -> Reply:
+    """A recorded body: an error object goes out with the status it names, the rest with 200."""
+    error = error_from_bytes(body)
+    return Reply(error.http_status() if error else 200, body)
+
+
+class DirectorySource(MarketSource):
+    """Recorded bodies: ``markets-page-NNNN.json`` per page number, optional ``global.json``."""
+
+    kind = "recorded"
+
+    def __init__(self, directory: str | Path) -> None:
+        self.directory = Path(directory)
+        if not self.directory.is_dir():
+            raise FileNotFoundError(f"replay directory {self.directory} does not exist")
+        self.pages: dict[int, bytes] = {}
+        for path in sorted(self.directory.iterdir()):
+            match = PAGE_FILE_RE.match(path.name)
+            if match and path.is_file():
+                self.pages[int(match.group(1))] = path.read_bytes()
+        global_path = self.directory / "global.json"
+        self.global_body = global_path.read_bytes() if global_path.is_file() else None
+
+    def markets(self, query: Mapping[str, str], page: int, per_page: int) -> Reply:
+        body = self.pages.get(page)
+        if body is None:
+            return Reply(200, b"[]")
+        return _recorded_reply(body)
+
+    def global_data(self) -> Reply:
+        if self.global_body is not None:
+            return _recorded_reply(self.global_body)
+        return Reply(200, _json_bytes(self._minimal_global()), {"X-Replay-Synthesized": "global"})
+
+    def _minimal_global(self) -> dict[str, Any]:
+        """/global's shape with no totals (the recording has none): see the module docstring."""
+        coins: list[dict[str, Any]] = []
+        for body in self.pages.values():
+            with contextlib.suppress(ValueError, UnicodeDecodeError):
+                parsed = json.loads(body)
+                if isinstance(parsed, list):
+                    coins.extend(c for c in parsed if isinstance(c, dict))
+        stamps = []
+        for coin in coins:
+            with contextlib.suppress(TypeError, ValueError, AttributeError):
+                stamps.append(datetime.fromisoformat(coin["last_updated"]).timestamp())
+        return {
+            "data": {
+                "active_cryptocurrencies": len({c.get("id") for c in coins}),
+                "upcoming_icos": 0,
+                "ongoing_icos": 0,
+                "ended_icos": 0,
+                "markets": 0,
+                "total_market_cap": {},
+                "total_volume": {},
+                "market_cap_percentage": {},
+                "market_cap_change_percentage_24h_usd": 0.0,
+                "updated_at": int(max(stamps)) if stamps else 0,
+            }
+        }
+
+
+class _RateLimiter:
+    """N served requests per sliding window of ``window`` seconds."""
+
+    def __init__(self, limit: int, window: float, clock: Callable[[], float]) -> None:
+        if limit < 1 or window <= 0:
+            raise ValueError("rate limit needs limit >= 1 and window > 0")
+        self.limit = limit
+        self.window = window
+        self._clock = clock
+        self._served: deque[float] = deque()
+
+    def check(self) -> int | None:
+        """None if the request may be served (and count it), else the Retry-After seconds."""
+        now = self._clock()
+        while self._served and self._served[0] <= now - self.window:
+            self._served.popleft()
+        if len(self._served) >= self.limit:
+            return max(1, math.ceil(self._served[0] + self.window - now))
+        self._served.append(now)
+        return None
+
+
+def _int_param(query: Mapping[str, str], name: str, default: int) -> int | None:
+    raw = query.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        return None
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _Server
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Quiet: the server records requests instead of printing them."""
+
+    def do_GET(self) -> None:
+        replay = self.server.replay
+        parts = urlsplit(self.path)
+        query = dict(parse_qsl(parts.query, keep_blank_values=True))
+        endpoint = parts.path[len(API_PREFIX) :] if parts.path.startswith(API_PREFIX) else ""
+        endpoint = endpoint.rstrip("/") or endpoint
+        page = _int_param(query, "page", 1) if endpoint == "/coins/markets" else None
+        reply = replay._respond(endpoint, query, page)
+        # Recorded before answering, so a client that got its answer finds its request here.
+        replay._record(
+            RecordedRequest(
+                method="GET",
+                path=parts.path,
+                endpoint=endpoint,
+                query=query,
+                headers={k.lower(): v for k, v in self.headers.items()},
+                page=page,
+                status=None if isinstance(reply, Scripted) else reply.status,
+            )
+        )
+        if isinstance(reply, Scripted):  # close the connection without answering
+            self.close_connection = True
+        else:
+            self._send(reply, replay.kind)
+
+    def _send(self, reply: Reply, kind: str) -> None:
+        try:
+            self.send_response(reply.status)
+            self.send_header("Content-Type", "application/json; charset=utf-8")
+            self.send_header("Content-Length", str(len(reply.body)))
+            self.send_header("X-Replay-Source", kind)
+            for name, value in reply.headers.items():
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(reply.body)
+        except (BrokenPipeError, ConnectionResetError):  # the client gave up (e.g. timed out)
+            self.close_connection = True
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    replay: ReplayServer
+
+
+class ReplayServer:
+    """The replay server (see the module docstring). Not started until :meth:`start` or
+    ``with``; ``port=0`` picks a free port."""
+
+    def __init__(
+        self,
+        source: MarketSource,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.source = source
+        self.host = host
+        self._requested_port = port
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._scripts: dict[tuple[str, int | None], deque[Scripted]] = {}
+        self._limiter: _RateLimiter | None = None
+        self._requests: list[RecordedRequest] = []
+        self._stopping = threading.Event()
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- construction ----------------------------------------------------------------------
+
+    @classmethod
+    def synthetic(
+        cls, coins: int = 1000, seed: int = synthetic.DEFAULT_SEED, **kwargs: Any
+    ) -> ReplayServer:
+        """A server for the deterministic synthetic market of ``coins`` coins."""
+        return cls(SyntheticSource(coins, seed), **kwargs)
+
+    @classmethod
+    def from_directory(cls, directory: str | Path, **kwargs: Any) -> ReplayServer:
+        """A server replaying ``directory``'s recorded bodies."""
+        return cls(DirectorySource(directory), **kwargs)
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> ReplayServer:
+        """Bind and serve from a daemon thread (idempotent)."""
+        if self._server is None:
+            self._stopping.clear()
+            self._server = _Server((self.host, self._requested_port), _Handler)
+            self._server.replay = self
+            self._thread = threading.Thread(
+                target=self._server.serve_forever,
+                kwargs={"poll_interval": 0.05},
+                name=f"replay-server-{self.port}",
+                daemon=True,
+            )
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and close the socket (pending delays are cut short)."""
+        self._stopping.set()
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    def __enter__(self) -> ReplayServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def port(self) -> int:
+        if self._server is None:
+            raise RuntimeError("the replay server is not running")
+        return int(self._server.server_address[1])
+
+    @property
+    def base_url(self) -> str:
+        """``http://127.0.0.1:<port>/api/v3``."""
+        return f"http://{self.host}:{self.port}{API_PREFIX}"
+
+    @property
+    def kind(self) -> str:
+        return self.source.kind
+
+    # -- fault injection and inspection ----------------------------------------------------
+
+    def script(self, endpoint: str, *responses: Scripted, page: int | None = None) -> None:
+        """Queue ``responses`` for ``endpoint`` (e.g. "/coins/markets"; page-specific if given)."""
+        key = ("/" + endpoint.strip("/"), page)
+        with self._lock:
+            self._scripts.setdefault(key, deque()).extend(responses)
+
+    def pending_scripts(self) -> int:
+        """Scripted responses not consumed yet."""
+        with self._lock:
+            return sum(len(q) for q in self._scripts.values())
+
+    def rate_limit(self, limit: int | None, window_seconds: float = 60.0) -> None:
+        """Allow ``limit`` requests per ``window_seconds`` (None removes the limit)."""
+        with self._lock:
+            self._limiter = (
+                None if limit is None else _RateLimiter(limit, window_seconds, self._clock)
+            )
+
+    @property
+    def requests(self) -> list[RecordedRequest]:
+        """Every request so far, in arrival order (a copy)."""
+        with self._lock:
+            return list(self._requests)
+
+    def requests_to(self, endpoint: str) -> list[RecordedRequest]:
+        """The recorded requests for one endpoint, e.g. "/coins/markets"."""
+        endpoint = "/" + endpoint.strip("/")
+        return [r for r in self.requests if r.endpoint == endpoint]
+
+    def clear_requests(self) -> None:
+        with self._lock:
+            self._requests.clear()
+
+    # -- serving (called from handler threads) ---------------------------------------------
+
+    def _record(self, request: RecordedRequest) -> None:
+        with self._lock:
+            self._requests.append(request)
+
+    def _pop_script(self, endpoint: str, page: int | None) -> Scripted | None:
+        with self._lock:
+            for key in ((endpoint, page), (endpoint, None)):
+                queue = self._scripts.get(key)
+                if queue:
+                    return queue.popleft()
+            return None
+
+    def _respond(
+        self, endpoint: str, query: Mapping[str, str], page: int | None
+    ) -> Reply | Scripted:
+        scripted = self._pop_script(endpoint, page)
+        if scripted is not None:
+            if scripted.delay > 0:
+                self._stopping.wait(scripted.delay)
+            if scripted.close:
+                return scripted
+            if scripted.status is not None:
+                body = scripted.body
+                if body is None:
+                    data = b""
+                elif isinstance(body, bytes):
+                    data = body
+                elif isinstance(body, str):
+                    data = body.encode()
+                else:
+                    data = _json_bytes(body)
+                return Reply(scripted.status, data, dict(scripted.headers))
+        with self._lock:
+            limiter = self._limiter
+            retry_after = limiter.check() if limiter is not None else None
+        if retry_after is not None:
+            return Reply(429, _json_bytes(RATE_LIMIT_BODY), {"Retry-After": str(retry_after)})
+        return self._serve(endpoint, query, page)
+
+    def _serve(self, endpoint: str, query: Mapping[str, str], page: int | None) -> Reply:
+        if endpoint == "/ping":
+            return Reply(200, _json_bytes(PING_BODY))
+        if endpoint == "/global":
+            return self.source.global_data()
+        if endpoint == "/coins/markets":
+            if not query.get("vs_currency", "").strip():
+                return Reply(422, _json_bytes({"error": "Missing parameter vs_currency"}))
+            per_page = _int_param(query, "per_page", DEFAULT_PER_PAGE)
+            if per_page is None or page is None:
+                bad = "per_page" if per_page is None else "page"
+                return Reply(400, _json_bytes({"error": f"invalid {bad}"}))
+            per_page = min(max(per_page, 1), MAX_PER_PAGE)
+            return self.source.markets(query, max(page, 1), per_page)
+        return Reply(404, _json_bytes(NOT_FOUND_BODY))
+
+
+@contextlib.contextmanager
+def serving(source: MarketSource, **kwargs: Any) -> Iterator[ReplayServer]:
+    """``with serving(source) as server:`` — a started server that stops on exit."""
+    server = ReplayServer(source, **kwargs)
+    with server:
+        yield server
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m local_mode.replay_server --coins N | --replay DIR [--port P]``."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--coins", type=int, default=1000, help="synthetic market size")
+    group.add_argument("--replay", type=Path, help="directory of recorded bodies")
+    parser.add_argument("--seed", type=int, default=synthetic.DEFAULT_SEED)
+    parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    parser.add_argument(
+        "--rate-limit", metavar="N/SECONDS", help="e.g. 30/60: 30 requests per 60 s, then 429"
+    )
+    args = parser.parse_args(argv)
+    source: MarketSource = (
+        DirectorySource(args.replay) if args.replay else SyntheticSource(args.coins, args.seed)
+    )
+    server = ReplayServer(source, port=args.port)
+    if args.rate_limit:
+        limit, _, window = args.rate_limit.partition("/")
+        server.rate_limit(int(limit), float(window or 60))
+    with server:
+        print(f"CoinGecko replay ({source.kind}) at {server.base_url}  (Ctrl-C stops)", flush=True)
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,363 @@
+"""The CoinGecko client against a real local HTTP server (ReplayServer): retries, budget, errors.
+
+Sleeps are recorded by an injected function instead of being slept, so the tests can check the
+waits the client chose without waiting them."""
+
+from __future__ import annotations
+
+import json
+import random
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+from pathlib import Path
+
+import pytest
+import requests
+
+from functions.common.errors import SourceError, SourceUnavailableError
+from functions.extract.client import CoinGeckoClient, parse_retry_after
+from functions.extract.config import ExtractConfig
+from local_mode.replay_server import ReplayServer, Scripted
+
+MARKETS = "/coins/markets"
+
+
+class Sleeps(list):
+    """An injectable sleep that records the waits (and may advance a fake clock)."""
+
+    def __init__(self, clock: list[float] | None = None) -> None:
+        super().__init__()
+        self.clock = clock
+
+    def __call__(self, seconds: float) -> None:
+        self.append(seconds)
+        if self.clock is not None:
+            self.clock[0] += seconds
+
+
+@pytest.fixture
+def server():
+    with ReplayServer.synthetic(coins=600, seed=3) as srv:
+        yield srv
+
+
+@pytest.fixture
+def sleeps() -> Sleeps:
+    return Sleeps()
+
+
+def make_client(server: ReplayServer, sleeps: Sleeps, **overrides) -> CoinGeckoClient:
+    settings = {
+        "timeout": 5.0,
+        "max_retries": 4,
+        "max_retry_wait": 60.0,
+        "backoff_base": 1.0,
+        "sleep": sleeps,
+        "rng": random.Random(1),
+    }
+    settings.update(overrides)
+    return CoinGeckoClient(server.base_url, **settings)
+
+
+def page_bytes(server: ReplayServer, page: int, per_page: int = 250) -> bytes:
+    """The body the server sends for a page, fetched independently of the client."""
+    resp = requests.get(
+        f"{server.base_url}{MARKETS}",
+        params={"vs_currency": "usd", "per_page": per_page, "page": page},
+        timeout=5,
+    )
+    assert resp.status_code == 200
+    return resp.content
+
+
+def test_a_page_comes_back_with_its_raw_bytes(server, sleeps):
+    with make_client(server, sleeps) as client:
+        resp = client.markets_page("usd", 2, 250)
+    [req] = server.requests_to(MARKETS)
+    assert resp.status == 200
+    assert resp.body == page_bytes(server, 2)
+    assert [c["market_cap_rank"] for c in resp.data[:2]] == [251, 252]
+    assert (client.api_calls, client.retries, sleeps) == (1, 0, [])
+    assert req.query == {
+        "vs_currency": "usd",
+        "order": "market_cap_desc",
+        "per_page": "250",
+        "page": "2",
+        "sparkline": "false",
+    }
+
+
+def test_429_with_retry_after_seconds_waits_that_long(server, sleeps):
+    server.script(MARKETS, Scripted.error(429, "Rate limited", retry_after=7), page=1)
+    client = make_client(server, sleeps)
+    resp = client.markets_page("usd", 1, 250)
+    assert sleeps == [7.0]
+    assert (client.api_calls, client.retries) == (2, 1)
+    assert [r.status for r in server.requests_to(MARKETS)] == [429, 200]
+    assert len(resp.data) == 250
+
+
+def test_429_with_retry_after_http_date_waits_until_then(server, sleeps):
+    now = datetime(2024, 1, 1, 12, 0, 0, tzinfo=UTC)
+    header = format_datetime(now + timedelta(seconds=12), usegmt=True)
+    server.script(MARKETS, Scripted.error(429, retry_after=header))
+    client = make_client(server, sleeps, wall_clock=now.timestamp)
+    client.markets_page("usd", 1, 250)
+    assert sleeps == [12.0]
+
+
+def test_429_without_retry_after_backs_off_exponentially_with_jitter(server, sleeps):
+    server.script(MARKETS, Scripted.error(429), Scripted.error(429), Scripted.error(429))
+    client = make_client(server, sleeps, backoff_base=2.0)
+    client.markets_page("usd", 1, 250)
+    assert len(sleeps) == 3
+    for n, wait in enumerate(sleeps, start=1):
+        step = 2.0 * 2 ** (n - 1)
+        assert step / 2 <= wait <= step, (n, wait)
+    assert (client.api_calls, client.retries) == (4, 3)
+
+
+def test_jitter_differs_between_clients():
+    waits = {CoinGeckoClient("http://x", rng=random.Random(seed)).backoff(3) for seed in range(5)}
+    assert len(waits) == 5
+    assert all(2.0 <= w <= 4.0 for w in waits)
+
+
+def test_500_then_success(server, sleeps):
+    server.script(MARKETS, Scripted.error(500, "Internal server error"), page=1)
+    client = make_client(server, sleeps)
+    resp = client.markets_page("usd", 1, 250)
+    assert resp.body == page_bytes(server, 1)
+    assert (client.api_calls, client.retries, len(sleeps)) == (2, 1, 1)
+
+
+@pytest.mark.parametrize("status", [502, 503, 504])
+def test_other_5xx_are_retried(server, sleeps, status):
+    server.script("/global", Scripted(status=status, body="<html>Bad gateway</html>"))
+    client = make_client(server, sleeps)
+    resp = client.global_data()
+    assert "total_market_cap" in resp.data["data"]
+    assert client.retries == 1
+
+
+def test_timeout_then_success(server, sleeps):
+    server.script(MARKETS, Scripted.slow(3.0), page=1)
+    client = make_client(server, sleeps, timeout=0.3)
+    resp = client.markets_page("usd", 1, 250)
+    assert len(resp.data) == 250
+    assert (client.api_calls, client.retries, len(sleeps)) == (2, 1, 1)
+
+
+def test_dropped_connection_then_success(server, sleeps):
+    server.script(MARKETS, Scripted.drop(), page=1)
+    client = make_client(server, sleeps)
+    resp = client.markets_page("usd", 1, 250)
+    assert len(resp.data) == 250
+    assert [r.status for r in server.requests_to(MARKETS)] == [None, 200]
+    assert client.retries == 1
+
+
+def test_401_fails_fast_with_the_api_message(server, sleeps):
+    server.script(MARKETS, Scripted.error(401, "Invalid API Key"))
+    client = make_client(server, sleeps)
+    with pytest.raises(SourceError) as info:
+        client.markets_page("usd", 1, 250)
+    err = info.value
+    assert not isinstance(err, SourceUnavailableError)
+    assert err.status == 401
+    assert err.api_message == "Invalid API Key"
+    assert "Invalid API Key" in str(err) and "HTTP 401" in str(err)
+    assert f"{server.base_url}{MARKETS}?vs_currency=usd" in str(err)
+    assert (client.api_calls, client.retries, sleeps) == (1, 0, [])
+    assert len(server.requests) == 1
+
+
+def test_404_fails_fast_with_the_api_message(server, sleeps):
+    client = make_client(server, sleeps)
+    with pytest.raises(SourceError) as info:
+        client.get_json("/coins/no-such-endpoint")
+    assert info.value.status == 404
+    assert "Incorrect path" in info.value.api_message
+    assert (client.api_calls, sleeps) == (1, [])
+
+
+def test_422_missing_parameter_fails_fast(server, sleeps):
+    client = make_client(server, sleeps)
+    with pytest.raises(SourceError, match="Missing parameter vs_currency") as info:
+        client.get_json(MARKETS, {"page": "1"})
+    assert info.value.status == 422
+
+
+def test_recorded_401_body_is_reported(server, sleeps, shared_coingecko_dir: Path):
+    body = (shared_coingecko_dir / "errors_khooihzhz_coingecko-python_1.json").read_bytes()
+    server.script("/ping", Scripted(status=401, body=body))
+    with pytest.raises(SourceError, match="API Key Missing"):
+        make_client(server, sleeps).ping()
+
+
+def test_max_retries_reached_raises_source_unavailable(server, sleeps):
+    server.script(MARKETS, *[Scripted.error(500, "Internal server error")] * 5, page=1)
+    client = make_client(server, sleeps, max_retries=2, backoff_base=0.01)
+    with pytest.raises(SourceUnavailableError) as info:
+        client.markets_page("usd", 1, 250)
+    err = info.value
+    assert err.status == 500
+    assert "after 3 attempts" in str(err) and "HTTP 500" in str(err)
+    assert "max retries (2)" in str(err)
+    assert err.url in str(err) and "page=1" in err.url
+    assert (client.api_calls, client.retries, len(sleeps)) == (3, 2, 2)
+    assert server.pending_scripts() == 2
+
+
+def test_retry_budget_exhausted_stops_before_waiting_past_it(server, sleeps):
+    server.script(MARKETS, *[Scripted.error(503, "busy")] * 20)
+    client = make_client(server, sleeps, max_retries=20, max_retry_wait=5.0, backoff_base=1.0)
+    with pytest.raises(SourceUnavailableError) as info:
+        client.markets_page("usd", 1, 250)
+    assert "retry-wait budget" in str(info.value)
+    assert "HTTP 503" in str(info.value)
+    assert sum(sleeps) <= 5.0
+    assert len(sleeps) >= 2  # it did retry, then stopped at the budget
+    assert client.api_calls == len(server.requests) == len(sleeps) + 1
+
+
+def test_the_budget_spans_requests(server, sleeps):
+    server.script(MARKETS, Scripted.error(429, retry_after=3), page=1)
+    server.script(MARKETS, Scripted.error(429, retry_after=3), page=2)
+    client = make_client(server, sleeps, max_retry_wait=5.0)
+    client.markets_page("usd", 1, 250)
+    with pytest.raises(SourceUnavailableError, match="only 2.0s"):
+        client.markets_page("usd", 2, 250)
+    assert sleeps == [3.0]
+
+
+def test_retry_after_beyond_the_budget_fails_without_waiting(server, sleeps):
+    server.script(MARKETS, Scripted.error(429, retry_after=3600))
+    client = make_client(server, sleeps, max_retry_wait=120.0)
+    with pytest.raises(SourceUnavailableError, match="Retry-After asks for 3600.0s") as info:
+        client.markets_page("usd", 1, 250)
+    assert info.value.status == 429
+    assert sleeps == []
+
+
+def test_no_wait_may_run_past_the_deadline(server, sleeps):
+    server.script(MARKETS, Scripted.error(429, retry_after=5))
+    client = make_client(server, sleeps, deadline=lambda: 8.0, deadline_reserve=4.0)
+    with pytest.raises(SourceUnavailableError, match="deadline"):
+        client.markets_page("usd", 1, 250)
+    assert sleeps == []
+
+
+def test_server_rate_limit_is_honoured(sleeps):
+    clock = [0.0]
+    sleeps = Sleeps(clock)
+    with ReplayServer.synthetic(coins=600, seed=3, clock=lambda: clock[0]) as srv:
+        srv.rate_limit(2, window_seconds=30)
+        client = make_client(srv, sleeps)
+        for page in (1, 2, 3):
+            client.markets_page("usd", page, 250)
+        statuses = [r.status for r in srv.requests_to(MARKETS)]
+    assert statuses == [200, 200, 429, 200]
+    assert sleeps == [30.0]
+    assert (client.api_calls, client.retries) == (4, 1)
+
+
+def test_non_json_200_is_a_source_error_with_a_snippet(server, sleeps):
+    server.script(MARKETS, Scripted(status=200, body="<html><body>Cloudflare</body></html>"))
+    client = make_client(server, sleeps)
+    with pytest.raises(SourceError) as info:
+        client.markets_page("usd", 1, 250)
+    assert "not JSON" in str(info.value)
+    assert "<html><body>Cloudflare" in str(info.value)
+    assert f"{server.base_url}{MARKETS}" in str(info.value)
+    assert client.retries == 0
+
+
+def test_error_object_with_200_where_a_list_was_expected(server, sleeps):
+    body = {"status": {"error_code": 403, "error_message": "This endpoint is temporarily down"}}
+    server.script(MARKETS, Scripted(status=200, body=body))
+    with pytest.raises(SourceError) as info:
+        make_client(server, sleeps).markets_page("usd", 1, 250)
+    assert info.value.api_message == "This endpoint is temporarily down"
+    assert "where a JSON list was expected" in str(info.value)
+    assert '"error_code":403' in str(info.value)
+
+
+def test_recorded_error_object_body(server, sleeps, shared_coingecko_dir: Path):
+    body = (shared_coingecko_dir / "errors_madjin_daily-crypto_1.json").read_bytes()
+    server.script(MARKETS, Scripted(status=200, body=body))
+    with pytest.raises(SourceError, match="temporarily unavailable"):
+        make_client(server, sleeps).markets_page("usd", 1, 250)
+
+
+def test_global_without_data_is_a_source_error(server, sleeps):
+    server.script("/global", Scripted(status=200, body={"something": "else"}))
+    with pytest.raises(SourceError, match="without a 'data' object"):
+        make_client(server, sleeps).global_data()
+
+
+def test_redirects_are_not_followed(server, sleeps):
+    server.script(
+        MARKETS, Scripted(status=302, headers={"Location": "http://example.invalid/steal"})
+    )
+    client = make_client(server, sleeps)
+    with pytest.raises(SourceError, match="HTTP 302"):
+        client.markets_page("usd", 1, 250)
+    assert client.api_calls == 1
+
+
+@pytest.mark.parametrize(
+    ("plan", "header"), [("demo", "x-cg-demo-api-key"), ("pro", "x-cg-pro-api-key")]
+)
+def test_the_plan_key_header_is_sent(server, sleeps, plan, header):
+    config = ExtractConfig.from_env(
+        {
+            "COINGECKO_BASE_URL": server.base_url,
+            "COINGECKO_API_PLAN": plan,
+            "COINGECKO_API_KEY": "CG-test-key",
+        }
+    )
+    with CoinGeckoClient.from_config(config, sleep=sleeps) as client:
+        client.ping()
+    [req] = server.requests
+    assert req.headers[header] == "CG-test-key"
+    other = {"x-cg-demo-api-key", "x-cg-pro-api-key"} - {header}
+    assert not other & set(req.headers)
+
+
+def test_public_plan_sends_no_key(server, sleeps):
+    config = ExtractConfig.from_env({"COINGECKO_BASE_URL": server.base_url})
+    with CoinGeckoClient.from_config(config, sleep=sleeps) as client:
+        assert client.ping().data == {"gecko_says": "(V3) To the Moon!"}
+    assert not {h for h in server.requests[0].headers if h.startswith("x-cg-")}
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("7", 7.0),
+        (" 0 ", 0.0),
+        ("1.5", 1.5),
+        ("-3", 0.0),
+        ("Mon, 01 Jan 2024 12:00:30 GMT", 30.0),
+        ("Mon, 01 Jan 2024 11:00:00 GMT", 0.0),
+        ("soon", None),
+        ("", None),
+        (None, None),
+        ("nan", None),
+    ],
+)
+def test_parse_retry_after(value, expected):
+    now = datetime(2024, 1, 1, 12, 0, 0, tzinfo=UTC).timestamp()
+    assert parse_retry_after(value, now) == expected
+
+
+def test_client_counts_match_the_server_log(server, sleeps):
+    server.script(MARKETS, Scripted.error(500), Scripted.error(429, retry_after=0), page=2)
+    client = make_client(server, sleeps, backoff_base=0.01)
+    for page in (1, 2, 3):
+        client.markets_page("usd", page, 250)
+    client.global_data()
+    assert client.api_calls == len(server.requests) == 6
+    assert client.retries == 2
+    assert json.loads(page_bytes(server, 3)) == client.markets_page("usd", 3, 250).data

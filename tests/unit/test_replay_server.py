@@ -1,0 +1,364 @@
+"""The CoinGecko replay server (real HTTP on 127.0.0.1) and the synthetic market behind it."""
+
+from __future__ import annotations
+
+import collections
+import json
+import re
+import shutil
+import socket
+from pathlib import Path
+
+import pytest
+import requests
+
+from local_mode import synthetic
+from local_mode.replay_server import ReplayServer, Scripted, main
+
+ISO_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
+
+
+def get(server: ReplayServer, path: str, timeout: float = 5, **params) -> requests.Response:
+    return requests.get(f"{server.base_url}{path}", params=params, timeout=timeout)
+
+
+@pytest.fixture
+def server():
+    with ReplayServer.synthetic(coins=520, seed=9) as srv:
+        yield srv
+
+
+# -- synthetic source: CoinGecko's paging semantics ------------------------------------------
+
+
+def test_base_url_is_loopback_api_v3(server):
+    assert re.fullmatch(r"http://127\.0\.0\.1:\d+/api/v3", server.base_url)
+    assert get(server, "/ping").json() == {"gecko_says": "(V3) To the Moon!"}
+
+
+def test_pages_slice_the_market(server):
+    market = synthetic.generate_markets(520, seed=9)
+    page2 = get(server, "/coins/markets", vs_currency="usd", per_page=200, page=2)
+    assert page2.status_code == 200
+    assert page2.headers["Content-Type"].startswith("application/json")
+    assert page2.json() == market[200:400]
+    last = get(server, "/coins/markets", vs_currency="usd", per_page=200, page=3).json()
+    assert last == market[400:]
+    assert get(server, "/coins/markets", vs_currency="usd", per_page=200, page=4).json() == []
+    assert get(server, "/coins/markets", vs_currency="usd", per_page=200, page=99).json() == []
+
+
+def test_defaults_and_clamping(server):
+    assert len(get(server, "/coins/markets", vs_currency="usd").json()) == 100
+    assert len(get(server, "/coins/markets", vs_currency="usd", per_page=1000).json()) == 250
+    assert len(get(server, "/coins/markets", vs_currency="usd", per_page=0).json()) == 1
+
+
+def test_missing_vs_currency_is_422_like_coingecko(server, shared_coingecko_dir: Path):
+    resp = get(server, "/coins/markets", per_page=10)
+    assert resp.status_code == 422
+    recorded = json.loads(
+        (shared_coingecko_dir / "errors_julianfssen_coingecko_ruby_1.json").read_text()
+    )
+    assert resp.json() == recorded == {"error": "Missing parameter vs_currency"}
+
+
+def test_other_currencies_are_quoted_consistently(server):
+    usd = get(server, "/coins/markets", vs_currency="usd", per_page=5).json()
+    eur = get(server, "/coins/markets", vs_currency="EUR", per_page=5).json()
+    assert [c["id"] for c in usd] == [c["id"] for c in eur]
+    assert eur[0]["market_cap"] == pytest.approx(usd[0]["market_cap"] * 0.91, rel=1e-6)
+    assert get(server, "/coins/markets", vs_currency="xyz").status_code == 400
+
+
+def test_ids_filter(server):
+    market = synthetic.generate_markets(520, seed=9)
+    wanted = [market[3]["id"], market[0]["id"]]
+    got = get(server, "/coins/markets", vs_currency="usd", ids=",".join(wanted)).json()
+    assert [c["id"] for c in got] == [market[0]["id"], market[3]["id"]]
+
+
+def test_unknown_path_is_404(server):
+    resp = get(server, "/coins/list/nope")
+    assert resp.status_code == 404
+    assert "Incorrect path" in resp.json()["error"]
+
+
+def test_global_matches_the_market(server):
+    body = get(server, "/global").json()
+    market = synthetic.generate_markets(520, seed=9)
+    assert body == synthetic.generate_global(market, seed=9)
+
+
+def test_every_request_is_recorded(server):
+    requests.get(
+        f"{server.base_url}/coins/markets",
+        params={"vs_currency": "usd", "page": 2, "per_page": 3},
+        headers={"x-cg-demo-api-key": "k1"},
+        timeout=5,
+    )
+    get(server, "/global")
+    first, second = server.requests
+    assert (first.endpoint, first.page, first.status) == ("/coins/markets", 2, 200)
+    assert first.path == "/api/v3/coins/markets"
+    assert first.query == {"vs_currency": "usd", "page": "2", "per_page": "3"}
+    assert first.headers["x-cg-demo-api-key"] == "k1"
+    assert (second.endpoint, second.page) == ("/global", None)
+    assert server.requests_to("/global") == [second]
+
+
+# -- fault injection ----------------------------------------------------------------------------
+
+
+def test_scripted_responses_come_first_then_normal_serving(server):
+    server.script("/coins/markets", Scripted.error(429, "slow down", retry_after=3), page=2)
+    server.script("/coins/markets", Scripted.error(500, "boom"))
+    r1 = get(server, "/coins/markets", vs_currency="usd", page=2)
+    assert r1.status_code == 429  # the page-specific queue first
+    assert r1.headers["Retry-After"] == "3"
+    assert r1.json() == {"status": {"error_code": 429, "error_message": "slow down"}}
+    r2 = get(server, "/coins/markets", vs_currency="usd", page=2)
+    assert r2.status_code == 500  # then the endpoint-wide one
+    r3 = get(server, "/coins/markets", vs_currency="usd", page=2)
+    assert r3.status_code == 200 and len(r3.json()) == 100
+    assert server.pending_scripts() == 0
+
+
+def test_scripted_page_faults_do_not_touch_other_pages(server):
+    server.script("/coins/markets", Scripted.error(503), page=3)
+    assert get(server, "/coins/markets", vs_currency="usd", page=1).status_code == 200
+    assert get(server, "/coins/markets", vs_currency="usd", page=3).status_code == 503
+
+
+def test_scripted_raw_bodies_and_error_style(server):
+    server.script("/global", Scripted(status=200, body=b"<html>oops"))
+    server.script("/global", Scripted.error(404, "coin not found", style="error"))
+    assert get(server, "/global").content == b"<html>oops"
+    resp = get(server, "/global")
+    assert (resp.status_code, resp.json()) == (404, {"error": "coin not found"})
+
+
+def test_dropped_connection(server):
+    server.script("/ping", Scripted.drop())
+    with pytest.raises(requests.ConnectionError):
+        get(server, "/ping")
+    assert server.requests[0].status is None
+    assert get(server, "/ping").status_code == 200
+
+
+def test_slow_response_times_out_the_client(server):
+    server.script("/ping", Scripted.slow(2.0))
+    with pytest.raises(requests.Timeout):
+        get(server, "/ping", timeout=0.2)
+
+
+def test_rate_limit_with_retry_after():
+    clock = [100.0]
+    with ReplayServer.synthetic(coins=50, seed=1, clock=lambda: clock[0]) as srv:
+        srv.rate_limit(2, window_seconds=10)
+        assert get(srv, "/ping").status_code == 200
+        clock[0] += 4
+        assert get(srv, "/ping").status_code == 200
+        limited = get(srv, "/ping")
+        assert limited.status_code == 429
+        assert limited.headers["Retry-After"] == "6"
+        assert limited.json()["status"]["error_code"] == 429
+        clock[0] += 6
+        assert get(srv, "/ping").status_code == 200
+        srv.rate_limit(None)
+        assert all(get(srv, "/ping").status_code == 200 for _ in range(5))
+
+
+def test_the_server_stops_when_the_block_ends():
+    with ReplayServer.synthetic(coins=10) as srv:
+        port = srv.port
+        assert get(srv, "/ping").status_code == 200
+    with pytest.raises(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+        pass
+
+
+def test_port_is_only_known_while_running():
+    srv = ReplayServer.synthetic(coins=10)
+    with pytest.raises(RuntimeError):
+        _ = srv.base_url
+
+
+# -- recorded directory ------------------------------------------------------------------------
+
+
+def test_directory_pages_are_served_byte_for_byte(tmp_path, shared_coingecko_dir):
+    replay = tmp_path / "replay"
+    replay.mkdir()
+    for n in (1, 2):
+        shutil.copy(
+            shared_coingecko_dir / f"markets_khooihzhz_coingecko-python_2_page{n}.json",
+            replay / f"markets-page-{n:04d}.json",
+        )
+    shutil.copy(
+        shared_coingecko_dir / "global_khooihzhz_coingecko-python_1.json", replay / "global.json"
+    )
+    with ReplayServer.from_directory(replay) as srv:
+        for n in (1, 2):
+            # served at its page number whatever per_page asks
+            resp = get(srv, "/coins/markets", vs_currency="usd", per_page=250, page=n)
+            assert resp.status_code == 200
+            assert resp.content == (replay / f"markets-page-{n:04d}.json").read_bytes()
+        assert get(srv, "/coins/markets", vs_currency="usd", page=3).content == b"[]"
+        assert get(srv, "/global").content == (replay / "global.json").read_bytes()
+        assert get(srv, "/coins/markets", page=1).status_code == 422
+        assert srv.requests[0].headers.get("x-replay-source") is None
+
+
+@pytest.mark.parametrize(
+    ("body", "status"),
+    [
+        ({"status": {"error_code": 429, "error_message": "rate limited"}}, 429),
+        ({"status": {"error_code": 500, "error_message": "Internal server error"}}, 500),
+        ({"status": {"error_code": 10002, "error_message": "API Key Missing"}}, 401),
+        ({"status": {"error_code": 10005, "error_message": "upgrade"}}, 403),
+        ({"status": {"error_code": 7, "error_message": "weird"}}, 400),
+        ({"error": "Missing parameter vs_currency"}, 422),
+        ({"error": "coin not found"}, 404),
+        ({"error": "something else"}, 400),
+    ],
+)
+def test_directory_error_objects_are_served_with_their_status(tmp_path, body, status):
+    (tmp_path / "markets-page-0001.json").write_text(json.dumps(body))
+    with ReplayServer.from_directory(tmp_path) as srv:
+        resp = get(srv, "/coins/markets", vs_currency="usd")
+    assert resp.status_code == status
+    assert resp.json() == body
+
+
+def test_directory_broken_body_is_served_as_is(tmp_path):
+    (tmp_path / "markets-page-0001.json").write_bytes(b'[{"id": "bitc')
+    with ReplayServer.from_directory(tmp_path) as srv:
+        resp = get(srv, "/coins/markets", vs_currency="usd")
+    assert (resp.status_code, resp.content) == (200, b'[{"id": "bitc')
+
+
+def test_directory_gaps_are_empty_pages(tmp_path):
+    (tmp_path / "markets-page-0001.json").write_text('[{"id": "a"}]')
+    (tmp_path / "markets-page-0003.json").write_text('[{"id": "c"}]')
+    (tmp_path / "notes.txt").write_text("ignored")
+    with ReplayServer.from_directory(tmp_path) as srv:
+        pages = [get(srv, "/coins/markets", vs_currency="usd", page=n).json() for n in (1, 2, 3, 4)]
+    assert pages == [[{"id": "a"}], [], [{"id": "c"}], []]
+
+
+def test_directory_without_global_serves_a_body_without_totals(tmp_path, shared_coingecko_dir):
+    shutil.copy(
+        shared_coingecko_dir / "markets_madjin_daily-crypto_15.json",
+        tmp_path / "markets-page-0001.json",
+    )
+    with ReplayServer.from_directory(tmp_path) as srv:
+        resp = get(srv, "/global")
+    assert resp.status_code == 200
+    assert resp.headers["X-Replay-Synthesized"] == "global"
+    data = resp.json()["data"]
+    assert data["total_market_cap"] == data["total_volume"] == data["market_cap_percentage"] == {}
+    assert data["active_cryptocurrencies"] == 100
+    assert data["updated_at"] > 1_700_000_000
+
+
+def test_missing_directory_is_an_error(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        ReplayServer.from_directory(tmp_path / "nope")
+
+
+def test_main_rejects_bad_arguments(capsys):
+    with pytest.raises(SystemExit):
+        main(["--coins", "5", "--replay", "x"])
+    assert "not allowed with" in capsys.readouterr().err
+
+
+# -- the synthetic market ------------------------------------------------------------------------
+
+
+def test_synthetic_market_is_deterministic():
+    a = json.dumps(synthetic.generate_markets(300, seed=4)).encode()
+    b = json.dumps(synthetic.generate_markets(300, seed=4)).encode()
+    c = json.dumps(synthetic.generate_markets(300, seed=5)).encode()
+    assert a == b != c
+    market = synthetic.generate_markets(300, seed=4)
+    assert synthetic.generate_global(market, seed=4) == synthetic.generate_global(market, seed=4)
+
+
+def test_synthetic_market_shape():
+    market = synthetic.generate_markets(1000, seed=42)
+    assert len(market) == 1000
+    assert all(tuple(c) == synthetic.FIELDS for c in market)
+    assert len({c["id"] for c in market}) == 1000
+    caps = [c["market_cap"] for c in market]
+    assert caps == sorted(caps, reverse=True)
+    ranked = [c for c in market if c["market_cap"] > 0]
+    assert [c["market_cap_rank"] for c in ranked] == list(range(1, len(ranked) + 1))
+    unranked = [c for c in market if c["market_cap"] == 0]
+    assert unranked and all(c["market_cap_rank"] is None for c in unranked)
+    # heavy tail: the top coin dwarfs the median by orders of magnitude
+    assert caps[0] > 1000 * caps[len(ranked) // 2]
+    assert sum(caps[:10]) > 0.6 * sum(caps)
+
+    null_max = sum(c["max_supply"] is None for c in market) / len(market)
+    assert null_max == pytest.approx(0.45, abs=0.01)
+    assert 0 < sum(c["price_change_percentage_24h"] is None for c in market) < 100
+    assert 0 < sum(c["high_24h"] is None for c in market) < 100
+
+    by_symbol = collections.defaultdict(set)
+    for c in market:
+        by_symbol[c["symbol"]].add(c["id"])
+    collisions = [ids for ids in by_symbol.values() if len(ids) > 1]
+    assert 3 <= len(collisions) <= 30
+
+    assert {type(c["market_cap"]) for c in market} == {int}
+    assert {type(c["current_price"]) for c in market} == {int, float}
+    assert {type(c["total_volume"]) for c in market} == {int, float}
+    assert any("e-" in json.dumps(c["current_price"]) for c in market)  # exponent notation
+
+    rois = [c["roi"] for c in market if c["roi"] is not None]
+    assert 0.03 < len(rois) / len(market) < 0.2
+    assert all(set(r) == {"times", "currency", "percentage"} for r in rois)
+    for c in market:
+        for key in ("ath_date", "atl_date", "last_updated"):
+            assert ISO_RE.match(c[key]), (key, c[key])
+        assert c["image"].startswith("https://coin-images.coingecko.com/coins/images/")
+        assert c["ath"] >= c["current_price"] >= c["atl"] > 0
+        if c["max_supply"] is not None and c["total_supply"] is not None:
+            assert c["max_supply"] >= c["total_supply"] >= c["circulating_supply"]
+
+
+def test_synthetic_fields_match_the_recorded_bodies(shared_coingecko_dir):
+    recorded = json.loads(
+        (shared_coingecko_dir / "markets_madjin_daily-crypto_15.json").read_text()
+    )
+    assert tuple(recorded[0]) == synthetic.FIELDS
+    for path in sorted(shared_coingecko_dir.glob("markets_*.json")):
+        body = json.loads(path.read_text())
+        assert set(body[0]) == set(synthetic.FIELDS), path.name
+
+
+@pytest.mark.parametrize("coins", [1, 10, 600])
+def test_synthetic_global_exceeds_the_listed_coins(coins):
+    market = synthetic.generate_markets(coins, seed=8)
+    data = synthetic.generate_global(market, seed=8)["data"]
+    for currency in ("usd", "eur", "btc"):
+        quoted = synthetic.generate_markets(coins, seed=8, vs_currency=currency)
+        assert data["total_market_cap"][currency] > sum(c["market_cap"] for c in quoted)
+        assert data["total_volume"][currency] > sum(c["total_volume"] for c in quoted)
+    pct = data["market_cap_percentage"]
+    assert 0 < sum(pct.values()) < 100
+    top = market[0]
+    assert pct[top["symbol"]] == pytest.approx(
+        top["market_cap"] / data["total_market_cap"]["usd"] * 100
+    )
+
+
+def test_synthetic_global_shape_matches_the_recorded_one(shared_coingecko_dir):
+    recorded = json.loads((shared_coingecko_dir / "global_JKorf_CoinGecko.Net_2.json").read_text())
+    ours = synthetic.generate_global(synthetic.generate_markets(50))
+    assert set(ours["data"]) == set(recorded["data"])
+
+
+def test_synthetic_rejects_unknown_currency():
+    with pytest.raises(ValueError, match="vs_currency"):
+        synthetic.generate_markets(5, vs_currency="doge")
