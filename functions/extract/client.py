@@ -93,7 +93,7 @@ class ApiResponse:
     url: str
     status: int
     body: bytes = field(repr=False)
-    headers: Mapping[str, str] = field(repr=False)
+    headers: Mapping[str, str] = field(repr=False)  # case-insensitive
     attempts: int
     data: Any = field(default=None, repr=False)
 
@@ -101,8 +101,8 @@ class ApiResponse:
 class CoinGeckoClient:
     """GET requests to the CoinGecko API v3 with retries; counts ``api_calls`` and ``retries``.
 
-    ``sleep``, ``clock`` (monotonic seconds), ``wall_clock`` (Unix time, for HTTP-date
-    ``Retry-After``) and ``rng`` are injectable for tests. ``deadline`` returns the seconds left
+    ``sleep``, ``wall_clock`` (Unix time, for HTTP-date ``Retry-After``) and ``rng`` are
+    injectable for tests. ``deadline`` returns the seconds left
     to the caller (e.g. the Lambda's remaining time); no retry wait may eat into the last
     ``deadline_reserve`` seconds of it.
     """
@@ -237,12 +237,16 @@ class CoinGeckoClient:
             try:
                 resp = self._session.get(url, timeout=self.timeout, allow_redirects=False)
                 body = resp.content
+            except requests.exceptions.SSLError as exc:  # a certificate problem will not heal
+                raise SourceError(
+                    f"CoinGecko GET {url} failed: TLS error {_short(exc)}", url=url
+                ) from exc
             except TRANSIENT_ERRORS as exc:
                 problem = f"{type(exc).__name__}: {_short(exc)}"
             else:
                 status = resp.status_code
                 if 200 <= status <= 299:
-                    return ApiResponse(url, status, body, dict(resp.headers), attempts)
+                    return ApiResponse(url, status, body, resp.headers, attempts)
                 error = error_from_bytes(body)
                 message = error.message if error else snippet(body)
                 if not is_retryable_status(status):

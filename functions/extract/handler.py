@@ -208,7 +208,7 @@ def run(
     own_client = client is None
     if client is None:
         client = CoinGeckoClient.from_config(
-            config, deadline=deadline, deadline_reserve=DEADLINE_MARGIN_SECONDS, logger=logger
+            config, deadline=deadline, deadline_reserve=reserve, logger=logger
         )
     logger.info(
         "extract starting",
