@@ -42,7 +42,7 @@ format: $(STAMP)
 
 ## make test: ruff, then the whole suite (unit, integration, infra).
 test: lint
-	$(BIN)/python -m pytest
+	CRYPTO_ETL_TEST_BUNDLING=1 $(BIN)/python -m pytest
 
 synth: $(STAMP) node_modules/.package-lock.json
 	PATH="$(CURDIR)/$(BIN):$$PATH" npx cdk synth --quiet -c bundling=false
