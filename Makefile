@@ -51,7 +51,7 @@ deploy: $(STAMP) node_modules/.package-lock.json
 	PATH="$(CURDIR)/$(BIN):$$PATH" npx cdk deploy
 
 bench: $(STAMP)
-	for f in benchmarks/*.py; do $(BIN)/python $$f || exit 1; done
+	for f in benchmarks/*.py; do POWERTOOLS_LOG_LEVEL=WARNING $(BIN)/python $$f || exit 1; done
 
 clean:
 	rm -rf .local cdk.out .build .pytest_cache .ruff_cache

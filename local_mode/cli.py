@@ -215,7 +215,7 @@ def print_summary(report: RunReport, out: TextIO) -> None:
         print(f"  table         {o.get('table')}", file=out)
         print(f"  raw files     {report.lake_dir / str(o.get('raw_prefix', ''))}", file=out)
         print(f"  processed     {report.lake_dir / str(o.get('processed_key', ''))}", file=out)
-        if o.get("rejected_key"):
+        if o.get("rejected_count"):
             print(f"  rejected rows {report.lake_dir / str(o['rejected_key'])}", file=out)
     else:
         print(f"  failed state  {report.failed_state}", file=out)

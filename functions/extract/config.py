@@ -35,6 +35,7 @@ from urllib.parse import urlsplit
 
 from functions.common.config import env_float, env_int
 from functions.common.errors import ConfigError
+from functions.common.secrets import fetch_secret_string as read_secret
 
 PUBLIC_BASE_URL = "https://api.coingecko.com/api/v3"
 PRO_BASE_URL = "https://pro-api.coingecko.com/api/v3"
@@ -188,34 +189,5 @@ def parse_secret(arn: str, text: str) -> tuple[str | None, str | None]:
 
 
 def fetch_secret_string(arn: str) -> str:
-    """The secret's string from Secrets Manager ("" when it has no value yet); boto3 is lazy."""
-    import boto3
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    client = boto3.client("secretsmanager")
-    try:
-        resp = client.get_secret_value(SecretId=arn)
-    except ClientError as exc:
-        code = exc.response.get("Error", {}).get("Code", "error")
-        if code == "ResourceNotFoundException" and _secret_exists(client, arn):
-            # The stack creates the secret with no value: reading it fails this way until an
-            # operator fills it. That is the "no key, public API" case.
-            return ""
-        raise ConfigError(
-            "COINGECKO_API_KEY_SECRET_ARN", f"cannot read secret {arn}: {code}"
-        ) from exc
-    except BotoCoreError as exc:
-        raise ConfigError(
-            "COINGECKO_API_KEY_SECRET_ARN", f"cannot read secret {arn}: {exc}"
-        ) from exc
-    return resp.get("SecretString") or ""
-
-
-def _secret_exists(client: Any, arn: str) -> bool:
-    from botocore.exceptions import ClientError
-
-    try:
-        client.describe_secret(SecretId=arn)
-    except ClientError:
-        return False
-    return True
+    """The secret's string ("" when it has no value yet)."""
+    return read_secret(arn, "COINGECKO_API_KEY_SECRET_ARN")

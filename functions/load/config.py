@@ -29,6 +29,7 @@ from typing import Any
 
 from functions.common.config import env_int
 from functions.common.errors import ConfigError
+from functions.common.secrets import fetch_secret_string as read_secret
 
 DEFAULT_DATABASE = "CRYPTO_ETL_DB"
 DEFAULT_SCHEMA = "PUBLIC"
@@ -185,33 +186,8 @@ def _session_parameters(env: Mapping[str, str]) -> dict[str, Any]:
 
 
 def _fetch_secret_string(arn: str) -> str:
-    """Read a secret's string from Secrets Manager (boto3 imported here, lazily)."""
-    import boto3
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    client = boto3.client("secretsmanager")
-    try:
-        resp = client.get_secret_value(SecretId=arn)
-    except ClientError as exc:
-        code = exc.response.get("Error", {}).get("Code", "error")
-        if code == "ResourceNotFoundException" and _secret_exists(client, arn):
-            # The stack creates the secret with no value at all; until someone fills it,
-            # reading it fails this way. Report it as the empty secret it is.
-            return ""
-        raise ConfigError("SNOWFLAKE_SECRET_ARN", f"cannot read secret {arn}: {code}") from exc
-    except BotoCoreError as exc:
-        raise ConfigError("SNOWFLAKE_SECRET_ARN", f"cannot read secret {arn}: {exc}") from exc
-    return resp.get("SecretString") or ""
-
-
-def _secret_exists(client: Any, arn: str) -> bool:
-    from botocore.exceptions import ClientError
-
-    try:
-        client.describe_secret(SecretId=arn)
-    except ClientError:
-        return False
-    return True
+    """The secret's string ("" when it has no value yet)."""
+    return read_secret(arn, "SNOWFLAKE_SECRET_ARN")
 
 
 def _secret_values(arn: str, fetch: SecretFetcher) -> dict[str, str]:
