@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
-import time
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -78,22 +79,63 @@ def _error_message(cause: str | None) -> str | None:
     return cause
 
 
+def replay_pages(replay_dir: Path) -> list[Path]:
+    """The recorded page files of a replay folder, refusing a folder that has none."""
+    if not replay_dir.is_dir():
+        raise ValidationError("--replay", f"{replay_dir} is not a directory")
+    pages = sorted(replay_dir.glob("markets-page-*.json"))
+    if not pages:
+        raise ValidationError(
+            "--replay", f"{replay_dir} has no markets-page-0001.json (… -0002.json, …) files"
+        )
+    return pages
+
+
+def replay_per_page(replay_dir: Path) -> int | None:
+    """Rows per page of a recording: page 1's length when there is a page 2, else None.
+
+    A recording made with per_page=100 has 100-row pages; asking for 250 a page would make
+    page 1 look short and end the paging there, silently dropping pages 2+.
+    """
+    pages = replay_pages(replay_dir)
+    if len(pages) < 2:
+        return None
+    try:
+        first = json.loads(pages[0].read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+    return len(first) if isinstance(first, list) and 0 < len(first) <= 250 else None
+
+
 @contextmanager
-def _coingecko_source(opts: RunOptions) -> Iterator[dict[str, str]]:
+def _coingecko_source(opts: RunOptions, out: TextIO) -> Iterator[dict[str, str]]:
     """Environment pointing the extract at a replay server (offline/replay) or the live API."""
     if opts.replay_dir is not None or opts.offline:
         from local_mode.replay_server import ReplayServer
 
         if opts.replay_dir is not None:
-            if not opts.replay_dir.is_dir():
-                raise ValidationError("--replay", f"{opts.replay_dir} is not a directory")
+            replay_pages(opts.replay_dir)
             server = ReplayServer.from_directory(opts.replay_dir)
         else:
             server = ReplayServer.synthetic(coins=opts.coins)
         with server:
-            yield {"COINGECKO_BASE_URL": server.base_url, "COINGECKO_API_PLAN": "public"}
+            # Sealed from the user's shell: no real key goes to the replay server.
+            yield {
+                "COINGECKO_BASE_URL": server.base_url,
+                "COINGECKO_API_PLAN": "public",
+                "COINGECKO_API_KEY": "",
+                "COINGECKO_API_KEY_SECRET_ARN": "",
+            }
     else:
-        yield {}
+        env: dict[str, str] = {}
+        if os.environ.get("COINGECKO_API_KEY_SECRET_ARN"):
+            # Local mode runs under moto: a real secret ARN cannot be read here.
+            print(
+                "note: COINGECKO_API_KEY_SECRET_ARN is ignored locally; set COINGECKO_API_KEY",
+                file=out,
+            )
+            env["COINGECKO_API_KEY_SECRET_ARN"] = ""
+        yield env
 
 
 def execution_input(opts: RunOptions, snapshot_id: str) -> dict[str, Any]:
@@ -107,7 +149,83 @@ def execution_input(opts: RunOptions, snapshot_id: str) -> dict[str, Any]:
         data["vs_currency"] = opts.vs_currency
     if opts.per_page is not None:
         data["per_page"] = opts.per_page
+    elif opts.replay_dir is not None:
+        per_page = replay_per_page(opts.replay_dir)
+        if per_page is not None:
+            data["per_page"] = per_page
     return data
+
+
+def _seconds_between(start: Any, end: Any) -> str:
+    if start is None or end is None:
+        return ""
+    return f"{(end - start).total_seconds():.1f}s"
+
+
+class _Announcer:
+    """Prints "▶ State …" once, whether the execution history or a handler's log says first."""
+
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+        self._done: set[str] = set()
+        self._lock = threading.Lock()
+
+    def enter(self, state: str) -> None:
+        with self._lock:
+            if state in self._done:
+                return
+            self._done.add(state)
+        print(f"▶ {state} …", file=self.out, flush=True)
+
+
+class _ProgressLines(logging.Handler):
+    """Prints the handlers' page progress and retry warnings as short lines."""
+
+    def __init__(self, out: TextIO, announcer: _Announcer) -> None:
+        super().__init__(logging.INFO)
+        self.out = out
+        self.announcer = announcer
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.announcer.enter(record.name.capitalize())
+        msg = record.getMessage()
+        wait = getattr(record, "wait_seconds", None)
+        if wait is not None:
+            line = (
+                f"    ↻ {getattr(record, 'problem', msg)}; retry {getattr(record, 'attempt', '?')}"
+            )
+            line += f" in {wait:.1f}s"
+        elif record.name == "extract" and msg.startswith("page "):
+            line = f"    {msg}"
+        elif record.levelno >= logging.WARNING:
+            line = f"    ! {record.name}: {msg}"
+        else:
+            return
+        print(line, file=self.out, flush=True)
+
+
+@contextmanager
+def _handler_logs_as_progress(out: TextIO, verbose: bool, announcer: _Announcer) -> Iterator[None]:
+    """Show the handlers' progress as short lines; their JSON logs only with ``-v``."""
+    import functions.extract.handler
+    import functions.load.handler
+    import functions.transform.handler  # noqa: F401 - creates the loggers
+
+    loggers = [logging.getLogger(name) for name in ("extract", "transform", "load")]
+    saved = [[(h, h.level) for h in lg.handlers] for lg in loggers]
+    progress = _ProgressLines(out, announcer)
+    for lg in loggers:
+        if not verbose:
+            for h in lg.handlers:
+                h.setLevel(logging.CRITICAL + 1)
+        lg.addHandler(progress)
+    try:
+        yield
+    finally:
+        for lg, handlers in zip(loggers, saved, strict=True):
+            lg.removeHandler(progress)
+            for h, level in handlers:
+                h.setLevel(level)
 
 
 def run_pipeline(opts: RunOptions, out: TextIO | None = None) -> RunReport:
@@ -119,12 +237,15 @@ def run_pipeline(opts: RunOptions, out: TextIO | None = None) -> RunReport:
     snapshot_id = validate_snapshot_id(
         opts.snapshot_id or f"local-{_utc_stamp()}", field="--snapshot-id"
     )
+    if opts.replay_dir is not None:
+        replay_pages(opts.replay_dir)  # refuse a bad folder before starting anything
     lake_dir = (opts.local_dir / "lake").resolve()
     warehouse_dir = (opts.local_dir / "warehouse").resolve()
     lake_dir.mkdir(parents=True, exist_ok=True)
     warehouse_dir.mkdir(parents=True, exist_ok=True)
 
-    started: dict[str, float] = {}
+    entered_at: dict[str, Any] = {}
+    announcer = _Announcer(out)
 
     def progress(ev: StateEvent) -> None:
         if ev.state not in ("Extract", "Transform", "Load"):
@@ -132,23 +253,24 @@ def run_pipeline(opts: RunOptions, out: TextIO | None = None) -> RunReport:
                 print("  → publishing failure alert to the SNS topic", file=out, flush=True)
             return
         if ev.kind == "entered":
-            started[ev.state] = time.monotonic()
-            print(f"▶ {ev.state} …", file=out, flush=True)
-        elif ev.kind == "succeeded" and "error" not in ev.detail:
-            took = time.monotonic() - started.get(ev.state, time.monotonic())
-            print(f"✓ {ev.state} {took:.1f}s  {_state_summary(ev.state, ev.detail)}", file=out)
+            entered_at[ev.state] = ev.timestamp
+            announcer.enter(ev.state)
+        elif ev.kind == "exited" and "error" not in ev.detail:
+            took = _seconds_between(entered_at.get(ev.state), ev.timestamp)
+            print(f"✓ {ev.state} {took}  {_state_summary(ev.state, ev.detail)}", file=out)
         elif ev.kind == "failed":
             msg = _error_message(ev.detail.get("cause")) or ""
             print(f"✗ {ev.state}: {ev.detail.get('error')}: {msg}", file=out, flush=True)
 
     with ExitStack() as stack:
-        source_env = stack.enter_context(_coingecko_source(opts))
+        source_env = stack.enter_context(_coingecko_source(opts, out))
+        stack.enter_context(_handler_logs_as_progress(out, opts.verbose, announcer))
         print(f"Starting local warehouse (fakesnow) in {warehouse_dir}", file=out, flush=True)
         warehouse = stack.enter_context(LocalWarehouse(warehouse_dir))
         env = {
             "LAKE_LOCAL_DIR": str(lake_dir),
             "LAKE_BUCKET": LOCAL_BUCKET,
-            "POWERTOOLS_LOG_LEVEL": "INFO" if opts.verbose else "WARNING",
+            "POWERTOOLS_LOG_LEVEL": "INFO",
             **source_env,
             **warehouse.env(),
             **opts.extra_env,
@@ -308,6 +430,19 @@ LIMIT {limit}
 """
 
 
+def _int_range(low: int, high: int) -> Any:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from exc
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} is not in {low}-{high}")
+        return value
+
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="crypto-etl",
@@ -336,14 +471,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--coins",
-        type=int,
+        type=_int_range(1, 100_000),
         default=DEFAULT_OFFLINE_COINS,
         help="with --offline: coins in the synthetic market (default 1000)",
     )
     run.add_argument("--snapshot-id", help="snapshot id (default: local-<UTC timestamp>)")
-    run.add_argument("--max-coins", type=int, help="stop after this many coins (default 1000)")
+    run.add_argument(
+        "--max-coins",
+        type=_int_range(1, 100_000),
+        help="stop after this many coins (default 1000; offline: --coins)",
+    )
     run.add_argument("--vs-currency", help="quote currency (default usd)")
-    run.add_argument("--per-page", type=int, help="page size, 1-250 (default 250)")
+    run.add_argument(
+        "--per-page",
+        type=_int_range(1, 250),
+        help="page size, 1-250 (default 250; --replay: the recording's page size)",
+    )
     run.add_argument("-v", "--verbose", action="store_true", help="show the handlers' JSON logs")
 
     sql = sub.add_parser("sql", help="run a SQL statement against the warehouse")
@@ -356,7 +499,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     show = sub.add_parser("show", help="the latest snapshot's top coins by market cap")
-    show.add_argument("--limit", type=int, default=10)
+    show.add_argument("--limit", type=_int_range(1, 10_000), default=10)
     show.add_argument("--json", action="store_true")
     show.add_argument("--remote", action="store_true", help="as for sql")
     return parser
@@ -367,8 +510,6 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "run":
-            if args.coins < 1:
-                raise ValidationError("--coins", f"{args.coins} must be at least 1")
             opts = RunOptions(
                 local_dir=args.local_dir,
                 offline=args.offline,
@@ -388,8 +529,6 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
             _print_rows(columns, rows, args.json, out)
             return 0
         if args.command == "show":
-            if args.limit < 1:
-                raise ValidationError("--limit", f"{args.limit} must be at least 1")
             columns, rows = query(
                 args.local_dir, SHOW_SQL.format(limit=int(args.limit)), args.remote
             )
@@ -403,8 +542,14 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
         return 2
     except SnowflakeError as exc:
         msg = getattr(exc, "raw_msg", None) or str(exc)
+        if args.command == "show" and "does not exist" in msg:
+            print("No snapshot loaded yet: run `crypto-etl run --offline` first.", file=out)
+            return 1
         print(f"error: the warehouse refused the statement: {msg}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted (local services stopped)", file=sys.stderr)
+        return 130
     return 2
 
 

@@ -23,6 +23,7 @@ import zipfile
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from types import SimpleNamespace
 from typing import Any
 from unittest import mock
@@ -62,9 +63,10 @@ def default_handlers() -> dict[str, Handler]:
 class StateEvent:
     """One step of progress, derived from the execution history."""
 
-    kind: str  # "entered" | "succeeded" | "failed" | "retry"
+    kind: str  # "entered" | "exited" | "failed"
     state: str
     detail: dict[str, Any] = field(default_factory=dict)
+    timestamp: datetime | None = None  # when Step Functions recorded it
 
 
 @dataclass
@@ -349,19 +351,21 @@ class LocalStepFunctions:
 
 def _to_state_event(ev: dict[str, Any], history: list[dict[str, Any]]) -> StateEvent | None:
     etype = ev["type"]
+    when = ev.get("timestamp")
     if etype.endswith("StateEntered"):
-        return StateEvent("entered", ev["stateEnteredEventDetails"]["name"])
+        return StateEvent("entered", ev["stateEnteredEventDetails"]["name"], timestamp=when)
     if etype.endswith("StateExited"):
         details = ev["stateExitedEventDetails"]
         try:
             out = json.loads(details.get("output") or "null")
         except json.JSONDecodeError:
             out = None
-        return StateEvent("succeeded", details["name"], out if isinstance(out, dict) else {})
+        detail = out if isinstance(out, dict) else {}
+        return StateEvent("exited", details["name"], detail, timestamp=when)
     if etype in ("TaskFailed", "LambdaFunctionFailed"):
         details = ev.get("taskFailedEventDetails") or ev.get("lambdaFunctionFailedEventDetails")
         state = _state_of(ev, history)
-        return StateEvent("failed", state, dict(details or {}))
+        return StateEvent("failed", state, dict(details or {}), timestamp=when)
     return None
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 from functions.common.errors import ConfigError
@@ -39,6 +40,8 @@ def env_float(env: Mapping[str, str], name: str, default: float, minimum: float 
         value = float(raw)
     except ValueError as exc:
         raise ConfigError(name, f"{raw!r} is not a number") from exc
+    if not math.isfinite(value):
+        raise ConfigError(name, f"{raw!r} must be a finite number")
     if value < minimum:
         raise ConfigError(name, f"{value} is below {minimum}")
     return value

@@ -160,29 +160,46 @@ def test_failed_execution_exits_non_zero_and_names_the_state(tmp_path: Path):
 
 
 def test_replay_of_recorded_bodies(tmp_path: Path, shared_coingecko_dir: Path):
+    """Two recorded 100-coin pages (a month apart, so mostly the same coins): both pages are
+    fetched at the recording's page size, the repeats are removed and counted."""
     replay = tmp_path / "replay"
     replay.mkdir()
-    shutil.copy(
-        shared_coingecko_dir / "markets_madjin_daily-crypto_15.json",
-        replay / "markets-page-0001.json",
-    )
+    for n, name in ((1, "markets_madjin_daily-crypto_14.json"),
+                    (2, "markets_madjin_daily-crypto_15.json")):  # fmt: skip
+        shutil.copy(shared_coingecko_dir / name, replay / f"markets-page-{n:04d}.json")
     shutil.copy(shared_coingecko_dir / "global_JKorf_CoinGecko.Net_2.json", replay / "global.json")
     local_dir = tmp_path / "local"
     proc = _cli(
         "--local-dir", str(local_dir), "run", "--replay", str(replay),
-        "--per-page", "100", "--snapshot-id", "recorded",
+        "--snapshot-id", "recorded",
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    recorded = json.loads((replay / "markets-page-0001.json").read_text())
+    page1 = json.loads((replay / "markets-page-0001.json").read_text())
+    page2 = json.loads((replay / "markets-page-0002.json").read_text())
+    unique = {c["id"] for c in page1} | {c["id"] for c in page2}
+    assert "coins fetched 200 (3 pages" in proc.stdout  # 100 + 100 + the empty page 3
+    assert f"{len(page1) + len(page2) - len(unique)} duplicates" in proc.stdout
     rows = _sql_json(
         local_dir,
         "SELECT COIN_ID, MARKET_CAP, MARKET_CAP_DOMINANCE_PCT, DOMINANCE_BASIS FROM CRYPTO_DATA"
-        " WHERE SNAPSHOT_ID = 'recorded' ORDER BY MARKET_CAP DESC",
+        " WHERE SNAPSHOT_ID = 'recorded' ORDER BY MARKET_CAP DESC NULLS LAST",
     )
-    assert len(rows) == len({c["id"] for c in recorded})
-    top = max(recorded, key=lambda c: c["market_cap"] or 0)
+    assert len(rows) == len(unique)
+    # The first page's copy of a repeated coin is the one kept.
+    top = max(page1, key=lambda c: c["market_cap"] or 0)
     assert rows[0]["COIN_ID"] == top["id"]
+    assert rows[0]["MARKET_CAP"] == pytest.approx(top["market_cap"])
     global_body = json.loads((replay / "global.json").read_text())
     total = global_body["data"]["total_market_cap"]["usd"]
     assert rows[0]["DOMINANCE_BASIS"] == "global"
     assert rows[0]["MARKET_CAP_DOMINANCE_PCT"] == pytest.approx(top["market_cap"] / total * 100)
+
+
+def test_cli_refuses_bad_flags_before_starting_anything(tmp_path: Path):
+    local_dir = tmp_path / "local"
+    for args in (["--per-page", "300"], ["--max-coins", "0"], ["--offline", "--coins", "0"],
+                 ["--replay", str(tmp_path / "missing")], ["--snapshot-id", "a/../b"]):  # fmt: skip
+        proc = _cli("--local-dir", str(local_dir), "run", *args)
+        assert proc.returncode == 2, (args, proc.stdout, proc.stderr)
+        assert "Traceback" not in proc.stderr
+    assert not (local_dir / "warehouse").exists()
