@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from datetime import UTC
 from email.utils import parsedate_to_datetime
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 import requests
 
@@ -242,7 +242,7 @@ class CoinGeckoClient:
                     f"CoinGecko GET {url} failed: TLS error {_short(exc)}", url=url
                 ) from exc
             except TRANSIENT_ERRORS as exc:
-                problem = f"{type(exc).__name__}: {_short(exc)}"
+                problem = _network_problem(exc)
             else:
                 status = resp.status_code
                 if 200 <= status <= 299:
@@ -250,6 +250,11 @@ class CoinGeckoClient:
                 error = error_from_bytes(body)
                 message = error.message if error else snippet(body)
                 if not is_retryable_status(status):
+                    if 300 <= status <= 399 and resp.headers.get("Location"):
+                        # Not followed (the key header must not travel), but say where to.
+                        target = urlsplit(resp.headers["Location"])
+                        message = f"{message or resp.reason} -> {target.scheme}://"
+                        message += f"{target.netloc}{target.path}"
                     raise SourceError(
                         f"CoinGecko GET {url} failed with HTTP {status} (not retried): "
                         f"{message or resp.reason}",
@@ -320,6 +325,24 @@ class CoinGeckoClient:
             if wait > left:
                 raise give_up(f"waiting {wait:.1f}s would run past the deadline ({left:.1f}s left)")
         return wait
+
+
+def _network_problem(exc: BaseException) -> str:
+    """The innermost cause of a connection failure (e.g. NameResolutionError), not the URL."""
+    inner: BaseException = exc
+    for _ in range(5):  # requests -> urllib3 MaxRetryError -> .reason -> the real cause
+        nested = getattr(inner, "reason", None)
+        if not isinstance(nested, BaseException) and inner.args:
+            nested = inner.args[0]
+        if not isinstance(nested, BaseException):
+            break
+        inner = nested
+    return f"{type(inner).__name__}: {_short_text(str(inner))}"
+
+
+def _short_text(text: str, limit: int = 200) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _short(exc: BaseException, limit: int = 200) -> str:

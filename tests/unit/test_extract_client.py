@@ -298,12 +298,23 @@ def test_global_without_data_is_a_source_error(server, sleeps):
 
 def test_redirects_are_not_followed(server, sleeps):
     server.script(
-        MARKETS, Scripted(status=302, headers={"Location": "http://example.invalid/steal"})
+        MARKETS,
+        Scripted(status=302, headers={"Location": "http://example.invalid/steal?token=x"}),
     )
     client = make_client(server, sleeps)
-    with pytest.raises(SourceError, match="HTTP 302"):
+    with pytest.raises(SourceError, match="HTTP 302") as info:
         client.markets_page("usd", 1, 250)
     assert client.api_calls == 1
+    assert str(info.value).endswith("-> http://example.invalid/steal")  # no query string
+
+
+def test_a_connection_failure_names_its_real_cause(sleeps):
+    client = CoinGeckoClient("http://127.0.0.1:9/api/v3", max_retries=1, backoff_base=0.01,
+                             sleep=sleeps.append)  # fmt: skip
+    with pytest.raises(SourceUnavailableError, match="NewConnectionError") as info:
+        client.ping()
+    assert "Connection refused" in str(info.value)
+    assert client.api_calls == 2 and len(sleeps) == 1
 
 
 @pytest.mark.parametrize(
