@@ -10,7 +10,7 @@ operator puts the value after deploying (docs/DEPLOY.md):
 Snowflake (key-pair auth preferred; ``password`` instead of ``private_key`` is accepted)::
 
     {"account": "xy12345.eu-west-1", "user": "CRYPTO_ETL",
-     "private_key": "-----BEGIN PRIVATE KEY-----\\n...\\n-----END PRIVATE KEY-----",
+     "private_key": "<the PKCS#8 PEM text, line breaks as \\n>",
      "private_key_passphrase": "optional", "role": "optional", "warehouse": "optional",
      "database": "optional", "schema": "optional"}
 

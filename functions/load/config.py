@@ -38,7 +38,7 @@ IDENTIFIER_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*$")
 
 EXPECTED_JSON = (
     '{"account": "xy12345.eu-west-1", "user": "CRYPTO_ETL_LOADER", '
-    '"private_key": "-----BEGIN PRIVATE KEY-----\\n...", "private_key_passphrase": "optional", '
+    '"private_key": "<PKCS#8 PEM text>", "private_key_passphrase": "optional", '
     '"role": "optional", "warehouse": "optional", "database": "optional", "schema": "optional"} '
     '(or "password" instead of "private_key")'
 )
