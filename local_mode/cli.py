@@ -114,7 +114,6 @@ def _coingecko_source(opts: RunOptions, out: TextIO) -> Iterator[dict[str, str]]
         from local_mode.replay_server import ReplayServer
 
         if opts.replay_dir is not None:
-            replay_pages(opts.replay_dir)
             server = ReplayServer.from_directory(opts.replay_dir)
         else:
             server = ReplayServer.synthetic(coins=opts.coins)
