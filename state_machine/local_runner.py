@@ -317,8 +317,9 @@ class LocalStepFunctions:
                     state_outputs[details["name"]] = json.loads(details["output"])
                 except json.JSONDecodeError:
                     state_outputs[details["name"]] = {"raw": details["output"]}
+        # Each task's Catch goes through a Pass state that names the task and keeps its error.
         failed_state = None
-        pass_out = state_outputs.get("Notify failure") or {}
+        pass_out: dict[str, Any] = {}
         for state in ("Extract failed", "Transform failed", "Load failed"):
             if state in state_outputs:
                 failed_state = state_outputs[state].get("failed_state")

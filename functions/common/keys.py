@@ -12,7 +12,9 @@ Layout::
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from datetime import date
+from typing import Any
 
 from functions.common.errors import ValidationError
 
@@ -41,6 +43,13 @@ def validate_bucket(value: object, expected: str | None = None, field: str = "bu
         raise ValidationError(field, f"{value!r} is not a valid bucket name")
     if expected is not None and value != expected:
         raise ValidationError(field, f"{value!r} is not this pipeline's bucket {expected!r}")
+    return value
+
+
+def validate_object(value: object, field: str) -> Mapping[str, Any]:
+    """Return ``value`` if it is a JSON object (a mapping), else raise naming ``field``."""
+    if not isinstance(value, Mapping):
+        raise ValidationError(field, f"must be a JSON object, not {type(value).__name__}")
     return value
 
 

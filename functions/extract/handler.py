@@ -89,13 +89,9 @@ def _str_field(source: Mapping[str, Any], name: str, where: str) -> str:
 
 def parse_event(event: Any) -> ExtractRequest:
     """Check the event against the contract; raise ValidationError naming the first bad field."""
-    if not isinstance(event, Mapping):
-        raise ValidationError("event", f"must be a JSON object, not {type(event).__name__}")
+    event = keys.validate_object(event, "event")
     data = event.get("input")
-    if data is None:
-        data = {}
-    if not isinstance(data, Mapping):
-        raise ValidationError("input", f"must be a JSON object, not {type(data).__name__}")
+    data = keys.validate_object({} if data is None else data, "input")
     execution = event.get("execution")
     if not isinstance(execution, Mapping):
         raise ValidationError(

@@ -91,8 +91,7 @@ def _date(event: Mapping[str, Any], field: str) -> str | None:
 
 def parse_event(event: Any, *, bucket: str) -> LoadRequest:
     """Check the Transform contract; raise ValidationError naming the first bad field."""
-    if not isinstance(event, Mapping):
-        raise ValidationError("event", f"must be a JSON object, not {type(event).__name__}")
+    event = keys.validate_object(event, "event")
     keys.validate_bucket(event.get("bucket"), expected=bucket)
     snapshot_id = keys.validate_snapshot_id(event.get("snapshot_id"))
     processed_key = keys.validate_key(event.get("processed_key"), "processed_key", keys.PROCESSED)
@@ -106,8 +105,8 @@ def parse_event(event: Any, *, bucket: str) -> LoadRequest:
     if rejected_key is not None:
         keys.validate_key(rejected_key, "rejected_key", keys.REJECTED)
     quality = event.get("quality")
-    if quality is not None and not isinstance(quality, Mapping):
-        raise ValidationError("quality", f"must be a JSON object, not {type(quality).__name__}")
+    if quality is not None:
+        keys.validate_object(quality, "quality")
     counts = {f: _count(event, f) for f in _COUNT_FIELDS}
     run = RunInfo(
         # Required: a Lambda-level retry after COMMIT replaces its own ETL_RUNS row by it.

@@ -56,8 +56,7 @@ def _parse(value: Any, parser: Callable[[str], _T], field: str, what: str) -> _T
 
 def parse_event(event: Any, *, bucket: str) -> TransformRequest:
     """Check the Extract contract; raise ValidationError naming the first bad field."""
-    if not isinstance(event, Mapping):
-        raise ValidationError("event", f"must be a JSON object, not {type(event).__name__}")
+    event = keys.validate_object(event, "event")
     keys.validate_bucket(event.get("bucket"), expected=bucket)
     snapshot_id = keys.validate_snapshot_id(event.get("snapshot_id"))
     fetch_date = _parse(
@@ -105,8 +104,7 @@ def parse_event(event: Any, *, bucket: str) -> TransformRequest:
 def check_manifest(manifest: Any, request: TransformRequest) -> list[str]:
     """Check the manifest belongs to this snapshot; return its page keys in listed order."""
     where = request.manifest_key
-    if not isinstance(manifest, Mapping):
-        raise ValidationError(where, f"must be a JSON object, not {type(manifest).__name__}")
+    manifest = keys.validate_object(manifest, where)
     if manifest.get("snapshot_id") != request.snapshot_id:
         raise ValidationError(
             f"{where}: snapshot_id",
