@@ -8,10 +8,10 @@ export CDK_DISABLE_VERSION_CHECK ?= 1
 
 .PHONY: install demo run show test lint format synth deploy bench clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,cdk]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,cdk]'
 	touch $(STAMP)
 
 install: $(STAMP)
