@@ -314,6 +314,33 @@ def _state_summary(state: str, out: Mapping[str, Any]) -> str:
     return ""
 
 
+def _print_data_notes(o: Mapping[str, Any], out: TextIO) -> None:
+    """Paging, dominance basis and quality lines: what a user must know about the data."""
+    from functions.transform.handler import describe_failed_checks
+
+    if o.get("end_confirmed"):
+        print(f"  paging        ended by {o.get('stop_reason')} (confirmed)", file=out)
+    else:
+        why = o.get("paging_warning") or "the end of the market was not confirmed"
+        print(f"  paging        ! {o.get('stop_reason')}: {why}", file=out)
+    quality = o.get("quality") or {}
+    basis = quality.get("dominance_basis")
+    if basis == "global":
+        print("  dominance     global basis (/global totals)", file=out)
+    elif basis:
+        reason = quality.get("dominance_basis_reason") or o.get("global_error") or "?"
+        print(f"  dominance     ! fetched basis (sums of the loaded coins): {reason}", file=out)
+    by_reason = quality.get("rejected_by_reason") or {}
+    if by_reason:
+        reasons = ", ".join(f"{code} {n}" for code, n in by_reason.items())
+        print(f"  rejected      {reasons}", file=out)
+        for sample in quality.get("rejected_coins") or []:
+            print(f"                {sample.get('coin_id')}: {sample.get('reason')}", file=out)
+    failed = [c for c in quality.get("checks") or [] if not c.get("passed")]
+    if failed:
+        print(f"  quality       ! failed: {describe_failed_checks(failed)}", file=out)
+
+
 def print_summary(report: RunReport, out: TextIO) -> None:
     """The end-of-run summary: status, counts, duration and where everything is."""
     print("", file=out)
@@ -333,6 +360,7 @@ def print_summary(report: RunReport, out: TextIO) -> None:
             f"{o.get('duplicate_count')} duplicates",
             file=out,
         )
+        _print_data_notes(o, out)
         print(f"  table         {o.get('table')}", file=out)
         print(f"  raw files     {report.lake_dir / str(o.get('raw_prefix', ''))}", file=out)
         print(f"  processed     {report.lake_dir / str(o.get('processed_key', ''))}", file=out)
@@ -342,7 +370,9 @@ def print_summary(report: RunReport, out: TextIO) -> None:
         print(f"  failed state  {report.failed_state}", file=out)
         print(f"  error         {report.error}: {report.error_message}", file=out)
         print(f"  alerts sent   {len(report.alerts)} (SNS topic crypto-etl-alerts)", file=out)
-        if report.failed_state in ("Extract", "Transform", "Load"):
+        if "UNKNOWN" in (report.error_message or ""):
+            print("  warehouse     outcome unknown: check ETL_RUNS (a re-run is safe)", file=out)
+        elif report.failed_state in ("Extract", "Transform", "Load"):
             print("  warehouse     unchanged (the load is all-or-nothing)", file=out)
     print(f"  lake          {report.lake_dir}", file=out)
     print(f"  warehouse     {report.warehouse_dir}", file=out)

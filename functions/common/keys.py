@@ -1,16 +1,21 @@
 """Object keys of the data lake and their validation (pure; no I/O).
 
-Layout::
+Layout (``D`` is the snapshot's partition date, fixed at its first run; ``R`` the run, one per
+execution attempt, so a failed re-run never overwrites the files of the run that was loaded)::
 
-    raw/dt=YYYY-MM-DD/snapshot=<id>/markets/page-0001.json
-    raw/dt=YYYY-MM-DD/snapshot=<id>/global.json
-    raw/dt=YYYY-MM-DD/snapshot=<id>/manifest.json
-    processed/dt=YYYY-MM-DD/snapshot=<id>/crypto_data.csv.gz
-    rejected/dt=YYYY-MM-DD/snapshot=<id>/rejected.csv.gz
+    raw/dt=D/snapshot=<id>/run=R/markets/page-0001.json
+    raw/dt=D/snapshot=<id>/run=R/global.json
+    raw/dt=D/snapshot=<id>/run=R/manifest.json
+    processed/dt=D/snapshot=<id>/run=R/crypto_data.csv.gz
+    rejected/dt=D/snapshot=<id>/run=R/rejected.csv.gz
+    snapshots/<id>.json          the snapshot index: its partition date and the run now loaded
+
+Every validator matches the whole string (``re.fullmatch``: ``$`` would accept a final newline).
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Mapping
 from datetime import date
@@ -21,14 +26,17 @@ from functions.common.errors import ValidationError
 RAW = "raw/"
 PROCESSED = "processed/"
 REJECTED = "rejected/"
+SNAPSHOTS = "snapshots/"
 
-_SNAPSHOT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,79}$")
-_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
+_SNAPSHOT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,79}")
+_BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]")
+# A run id: the execution name when it is key-safe, else a digest of the execution id.
+_RUN_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,79}")
 
 
 def validate_snapshot_id(value: object, field: str = "snapshot_id") -> str:
     """Return ``value`` if it is a safe snapshot id (used in keys and SQL), else raise."""
-    if not isinstance(value, str) or not _SNAPSHOT_RE.match(value) or ".." in value:
+    if not isinstance(value, str) or not _SNAPSHOT_RE.fullmatch(value) or ".." in value:
         raise ValidationError(
             field,
             f"{value!r} must be 1-80 characters of letters, digits, '_', '-', '.' "
@@ -39,7 +47,7 @@ def validate_snapshot_id(value: object, field: str = "snapshot_id") -> str:
 
 def validate_bucket(value: object, expected: str | None = None, field: str = "bucket") -> str:
     """Return ``value`` if it is a plausible bucket name (and the expected one, when given)."""
-    if not isinstance(value, str) or not _BUCKET_RE.match(value):
+    if not isinstance(value, str) or not _BUCKET_RE.fullmatch(value):
         raise ValidationError(field, f"{value!r} is not a valid bucket name")
     if expected is not None and value != expected:
         raise ValidationError(field, f"{value!r} is not this pipeline's bucket {expected!r}")
@@ -66,13 +74,38 @@ def validate_key(value: object, field: str, prefix: str) -> str:
     return value
 
 
-def _partition(snapshot_id: str, fetch_date: date) -> str:
+def validate_run_id(value: object, field: str = "run_id") -> str:
+    """Return ``value`` if it is a safe run id (1-80 letters, digits, ``_ - .``), else raise."""
+    if not isinstance(value, str) or not _RUN_RE.fullmatch(value) or ".." in value:
+        raise ValidationError(
+            field,
+            f"{value!r} must be 1-80 characters of letters, digits, '_', '-', '.' "
+            "starting with a letter or digit",
+        )
+    return value
+
+
+def run_id(execution_name: str, execution_id: str) -> str:
+    """The run id of one execution: its name when key-safe, else ``x-`` + 16 hex of its id.
+
+    Step Functions execution names are unique per state machine (for 90 days) and a retried
+    task keeps its execution, so every attempt of a task within one execution writes the same
+    keys, and another execution of the same snapshot writes beside them, never over them.
+    """
+    if _RUN_RE.fullmatch(execution_name) and ".." not in execution_name:
+        return execution_name
+    return "x-" + hashlib.sha256(execution_id.encode()).hexdigest()[:16]
+
+
+def _partition(snapshot_id: str, partition_date: date, run: str) -> str:
     validate_snapshot_id(snapshot_id)
-    return f"dt={fetch_date.isoformat()}/snapshot={snapshot_id}/"
+    validate_run_id(run)
+    return f"dt={partition_date.isoformat()}/snapshot={snapshot_id}/run={run}/"
 
 
-def raw_prefix(snapshot_id: str, fetch_date: date) -> str:
-    return f"{RAW}{_partition(snapshot_id, fetch_date)}"
+def raw_prefix(snapshot_id: str, partition_date: date, run: str) -> str:
+    """``raw/dt=D/snapshot=<id>/run=R/``: every raw file of one run lives under it."""
+    return f"{RAW}{_partition(snapshot_id, partition_date, run)}"
 
 
 def page_key(prefix: str, page: int) -> str:
@@ -87,9 +120,14 @@ def manifest_key(prefix: str) -> str:
     return f"{prefix}manifest.json"
 
 
-def processed_key(snapshot_id: str, fetch_date: date) -> str:
-    return f"{PROCESSED}{_partition(snapshot_id, fetch_date)}crypto_data.csv.gz"
+def processed_key(snapshot_id: str, partition_date: date, run: str) -> str:
+    return f"{PROCESSED}{_partition(snapshot_id, partition_date, run)}crypto_data.csv.gz"
 
 
-def rejected_key(snapshot_id: str, fetch_date: date) -> str:
-    return f"{REJECTED}{_partition(snapshot_id, fetch_date)}rejected.csv.gz"
+def rejected_key(snapshot_id: str, partition_date: date, run: str) -> str:
+    return f"{REJECTED}{_partition(snapshot_id, partition_date, run)}rejected.csv.gz"
+
+
+def snapshot_index_key(snapshot_id: str) -> str:
+    """``snapshots/<id>.json``: the snapshot's partition date and the run now loaded."""
+    return f"{SNAPSHOTS}{validate_snapshot_id(snapshot_id)}.json"

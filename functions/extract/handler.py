@@ -7,16 +7,21 @@ Event (from the state machine)::
 
 Every ``input`` member is optional (defaults above; ``snapshot_id`` defaults to the execution
 name). Unknown ``input`` members are ignored with a warning (the console's default input is
-``{"Comment": ...}``). ``fetch_date`` is the UTC date of ``execution.start_time``, so a retried
-task writes the same keys. A ``start_time`` without a zone is taken as UTC.
+``{"Comment": ...}``). ``fetch_date`` is the UTC date of ``execution.start_time``; the lake
+partition date is the snapshot's, fixed at its first run (``snapshots/<id>.json``), so re-running
+a snapshot the next day still writes one lake copy. A ``start_time`` without a zone is UTC.
 
-Writes, under ``raw/dt=<fetch_date>/snapshot=<id>/``: ``markets/page-NNNN.json`` (each body
-exactly as received, stored as soon as it arrives), ``global.json`` (exactly as received) and,
-last, ``manifest.json`` (see :func:`build_manifest`): a manifest means the raw set is complete.
-A retry of the same snapshot overwrites them; the transform reads only the pages the manifest
-lists, so a page left over from an earlier attempt is ignored.
+Writes, under ``raw/dt=<partition date>/snapshot=<id>/run=<run id>/`` (one run per execution,
+so a retried task rewrites the same keys and a failed re-run never touches the loaded run):
+``markets/page-NNNN.json`` (each body exactly as received, stored as soon as it arrives),
+``global.json`` (exactly as received, when ``/global`` answered) and, last, ``manifest.json``
+(see :func:`build_manifest`): a manifest means the run's raw set is complete.
 
-Returns the Extract contract (see DESIGN.md / the project brief).
+``/global`` is auxiliary: when it fails (an HTTP error, retries exhausted, a body without
+``data``) the snapshot goes on without it; the manifest and the result record why
+(``global_error``) and the transform falls back to the fetched basis.
+
+Returns the Extract contract (README "Contracts between states").
 """
 
 from __future__ import annotations
@@ -29,8 +34,9 @@ from datetime import UTC, date, datetime
 from typing import Any
 
 from functions.common import keys
-from functions.common.errors import CryptoEtlError, ValidationError
+from functions.common.errors import CryptoEtlError, SourceError, ValidationError
 from functions.common.log import get_logger
+from functions.common.snapshot_index import claim_partition_date
 from functions.common.storage import Storage, put_json, storage_from_env
 from functions.extract.client import ApiResponse, CoinGeckoClient
 from functions.extract.config import ExtractConfig
@@ -46,7 +52,7 @@ MAX_COINS_LIMIT = 100_000
 DEADLINE_MARGIN_SECONDS = 10.0
 JSON_CONTENT_TYPE = "application/json"
 
-_CURRENCY_RE = re.compile(r"^[a-z0-9_-]{1,16}$")
+_CURRENCY_RE = re.compile(r"[a-z0-9_-]{1,16}")
 _KNOWN_INPUT = ("vs_currency", "max_coins", "per_page", "snapshot_id")
 
 
@@ -61,6 +67,7 @@ class ExtractRequest:
     snapshot_id: str
     execution_id: str
     execution_name: str
+    run_id: str
     start_time: datetime
     fetch_date: date
     vs_currency: str
@@ -116,7 +123,7 @@ def parse_event(event: Any) -> ExtractRequest:
         snapshot_id = keys.validate_snapshot_id(name, field="execution.name")
 
     vs_currency = data.get("vs_currency", DEFAULT_VS_CURRENCY)
-    if not isinstance(vs_currency, str) or not _CURRENCY_RE.match(vs_currency.strip().lower()):
+    if not isinstance(vs_currency, str) or not _CURRENCY_RE.fullmatch(vs_currency.strip().lower()):
         raise ValidationError(
             "input.vs_currency", f"{vs_currency!r} must be 1-16 letters, digits, '_' or '-'"
         )
@@ -124,6 +131,7 @@ def parse_event(event: Any) -> ExtractRequest:
         snapshot_id=snapshot_id,
         execution_id=execution_id,
         execution_name=name,
+        run_id=keys.run_id(name, execution_id),
         start_time=start_time,
         fetch_date=start_time.date(),
         vs_currency=vs_currency.strip().lower(),
@@ -137,10 +145,12 @@ def build_manifest(
     request: ExtractRequest,
     *,
     fetched_at: str,
+    partition_date: date,
     base_url: str,
     prefix: str,
     result: MarketsResult,
-    global_key: str,
+    global_key: str | None,
+    global_error: str | None,
     api_calls: int,
     retries: int,
 ) -> dict[str, Any]:
@@ -148,13 +158,18 @@ def build_manifest(
 
     ``pages[].count`` is the number of rows the transform must use from that page (the body
     is stored whole, so the last page may hold more: see ``paging``); ``rows`` is the number
-    of rows in the body and ``sha256`` its digest.
+    of rows in the body and ``sha256`` its digest (the transform verifies it). ``stop_reason``,
+    ``end_confirmed`` and ``paging_warning`` say why paging stopped and whether an empty page
+    confirmed the end of the market; ``global_key`` is null and ``global_error`` says why when
+    ``/global`` was unavailable.
     """
     return {
         "snapshot_id": request.snapshot_id,
         "execution_id": request.execution_id,
+        "run_id": request.run_id,
         "fetched_at": fetched_at,
         "fetch_date": request.fetch_date.isoformat(),
+        "partition_date": partition_date.isoformat(),
         "vs_currency": request.vs_currency,
         "per_page": request.per_page,
         "max_coins": request.max_coins,
@@ -170,7 +185,11 @@ def build_manifest(
             for p in result.pages
         ],
         "stop_reason": result.stop_reason,
+        "end_confirmed": result.end_confirmed,
+        "served_per_page": result.served_per_page,
+        "paging_warning": result.warning,
         "global_key": global_key,
+        "global_error": global_error,
         "coin_count": result.coin_count,
         "api_calls": api_calls,
         "retries": retries,
@@ -179,6 +198,30 @@ def build_manifest(
 
 def _utc_now() -> datetime:
     return datetime.now(UTC)
+
+
+def _fetch_global(
+    client: CoinGeckoClient, storage: Storage, prefix: str
+) -> tuple[str | None, str | None]:
+    """Store ``/global`` and return ``(key, None)``, or ``(None, why)`` when it failed.
+
+    ``/global`` only supplies the dominance denominators: its failure must not lose the pages
+    already fetched, so any SourceError (a 4xx, retries exhausted, a body without ``data``)
+    degrades the snapshot to the fetched basis instead of failing it.
+    """
+    try:
+        resp: ApiResponse = client.global_data()
+    except SourceError as exc:
+        why = f"{type(exc).__name__}: {exc}"
+        logger.warning(
+            "/global unavailable: dominance falls back to the fetched basis",
+            extra={"global_error": why, "status": exc.status},
+        )
+        return None, why
+    key = keys.global_key(prefix)
+    storage.put_bytes(key, resp.body, JSON_CONTENT_TYPE)
+    logger.info("fetched /global", extra={"key": key, "bytes": len(resp.body)})
+    return key, None
 
 
 def run(
@@ -199,7 +242,15 @@ def run(
     logger.append_keys(snapshot_id=request.snapshot_id)
     if request.ignored_input:
         logger.warning("ignoring unknown input members", extra={"ignored": request.ignored_input})
-    prefix = keys.raw_prefix(request.snapshot_id, request.fetch_date)
+    fetched_at = now().astimezone(UTC).isoformat()
+    partition_date = claim_partition_date(
+        storage,
+        request.snapshot_id,
+        today=request.fetch_date,
+        execution_id=request.execution_id,
+        now_iso=fetched_at,
+    )
+    prefix = keys.raw_prefix(request.snapshot_id, partition_date, request.run_id)
     reserve = config.timeout_seconds + DEADLINE_MARGIN_SECONDS
     own_client = client is None
     if client is None:
@@ -216,7 +267,6 @@ def run(
             "raw_prefix": prefix,
         },
     )
-    fetched_at = now().astimezone(UTC).isoformat()
     kept = 0
 
     def fetch(page: int) -> RawPage:
@@ -256,10 +306,9 @@ def run(
                 f"{result.coin_count} coins fetched: less than {reserve:.0f}s of the invocation "
                 "left (raise the function timeout or lower max_coins)"
             )
-        global_resp: ApiResponse = client.global_data()
-        global_key = keys.global_key(prefix)
-        storage.put_bytes(global_key, global_resp.body, JSON_CONTENT_TYPE)
-        logger.info("fetched /global", extra={"key": global_key, "bytes": len(global_resp.body)})
+        if result.warning:
+            logger.warning(f"paging: {result.warning}", extra={"stop_reason": result.stop_reason})
+        global_key, global_error = _fetch_global(client, storage, prefix)
     finally:
         if own_client:
             client.close()
@@ -268,10 +317,12 @@ def run(
     manifest = build_manifest(
         request,
         fetched_at=fetched_at,
+        partition_date=partition_date,
         base_url=client.base_url,
         prefix=prefix,
         result=result,
         global_key=global_key,
+        global_error=global_error,
         api_calls=client.api_calls,
         retries=client.retries,
     )
@@ -279,15 +330,21 @@ def run(
     contract = {
         "snapshot_id": request.snapshot_id,
         "execution_id": request.execution_id,
+        "run_id": request.run_id,
         "fetched_at": fetched_at,
         "fetch_date": request.fetch_date.isoformat(),
+        "partition_date": partition_date.isoformat(),
         "vs_currency": request.vs_currency,
         "bucket": storage.bucket,
         "raw_prefix": prefix,
         "manifest_key": manifest_key,
         "global_key": global_key,
+        "global_error": global_error,
         "pages": len(result.pages),
         "coin_count": result.coin_count,
+        "stop_reason": result.stop_reason,
+        "end_confirmed": result.end_confirmed,
+        "paging_warning": result.warning,
         "api_calls": client.api_calls,
         "retries": client.retries,
         "max_coins": request.max_coins,
@@ -299,6 +356,8 @@ def run(
             "pages": contract["pages"],
             "coin_count": contract["coin_count"],
             "stop_reason": result.stop_reason,
+            "end_confirmed": result.end_confirmed,
+            "global_error": global_error,
             "api_calls": client.api_calls,
             "retries": client.retries,
             "retry_wait_seconds": round(client.waited_seconds, 3),

@@ -1,8 +1,12 @@
 """Load Lambda: validate the Transform output, fetch the processed file, load it into Snowflake.
 
-Input: the Transform contract (``bucket``, ``processed_key``, ``snapshot_id``, ``row_count`` and
-the Extract/Transform counts). Output: the input plus ``rows_inserted``, ``rows_replaced``,
-``table``.
+Input: the Transform contract (``bucket``, ``processed_key``, ``snapshot_id``, ``run_id``,
+``partition_date``, ``row_count`` and the Extract/Transform counts). Output: the input plus
+``rows_inserted``, ``rows_replaced``, ``table``, ``asset_dim_merged`` and ``snapshot_index_key``.
+
+After the warehouse transaction has committed, the snapshot index (``snapshots/<id>.json``) is
+switched to this run, so the lake names the run whose rows the warehouse holds; a failed load
+leaves it pointing at the previous run.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from functions.common import keys
 from functions.common.errors import ValidationError
 from functions.common.log import get_logger
 from functions.common.schema import TIMESTAMP_FORMAT
+from functions.common.snapshot_index import switch_current
 from functions.common.storage import Storage, storage_from_env
 from functions.load.config import SnowflakeConfig
 from functions.load.loader import RunInfo, ensure_objects, load_snapshot
@@ -43,6 +48,9 @@ class LoadRequest:
     bucket: str
     processed_key: str
     snapshot_id: str
+    run_id: str
+    partition_date: str
+    manifest_key: str | None
     row_count: int
     run: RunInfo
 
@@ -94,11 +102,19 @@ def parse_event(event: Any, *, bucket: str) -> LoadRequest:
     event = keys.validate_object(event, "event")
     keys.validate_bucket(event.get("bucket"), expected=bucket)
     snapshot_id = keys.validate_snapshot_id(event.get("snapshot_id"))
+    run_id = keys.validate_run_id(event.get("run_id"))
+    partition_date = _date(event, "partition_date")
+    if partition_date is None:
+        raise ValidationError("partition_date", "is required (a YYYY-MM-DD date)")
     processed_key = keys.validate_key(event.get("processed_key"), "processed_key", keys.PROCESSED)
-    if f"/snapshot={snapshot_id}/" not in processed_key:
+    expected = keys.processed_key(snapshot_id, date.fromisoformat(partition_date), run_id)
+    if processed_key != expected:
         raise ValidationError(
-            "processed_key", f"{processed_key!r} is not in the partition of snapshot {snapshot_id}"
+            "processed_key", f"{processed_key!r} is not run {run_id}'s file {expected!r}"
         )
+    manifest_key = event.get("manifest_key")
+    if manifest_key is not None:
+        keys.validate_key(manifest_key, "manifest_key", keys.RAW)
     row_count = _count(event, "row_count", required=True)
     assert row_count is not None
     rejected_key = event.get("rejected_key")
@@ -123,6 +139,9 @@ def parse_event(event: Any, *, bucket: str) -> LoadRequest:
         bucket=event["bucket"],
         processed_key=processed_key,
         snapshot_id=snapshot_id,
+        run_id=run_id,
+        partition_date=partition_date,
+        manifest_key=manifest_key,
         row_count=row_count,
         run=run,
     )
@@ -166,12 +185,28 @@ def run(
             )
         finally:
             conn.close()
+    index = switch_current(
+        storage,
+        request.snapshot_id,
+        partition_date=request.partition_date,
+        current={
+            "run_id": request.run_id,
+            "execution_id": request.run.execution_id,
+            "manifest_key": request.manifest_key,
+            "processed_key": request.processed_key,
+            "rejected_key": request.run.rejected_key,
+            "rows": result.rows_loaded,
+            "loaded_at": result.loaded_at,
+        },
+    )
+    logger.info("snapshot index switched", extra={"current": index["current"]})
     return {
         **event,
         "rows_inserted": result.rows_inserted,
         "rows_replaced": result.rows_replaced,
         "table": result.table,
         "asset_dim_merged": result.asset_dim_error is None,
+        "snapshot_index_key": keys.snapshot_index_key(request.snapshot_id),
     }
 
 

@@ -1,13 +1,19 @@
 """Transform Lambda: raw pages in the lake -> processed (and rejected) CSV.gz in the lake.
 
-Input: the Extract contract (``bucket``, ``snapshot_id``, ``raw_prefix``, ``manifest_key``,
-``global_key``, ``fetched_at``, ``fetch_date``, ``vs_currency``, ``max_coins``, counts...).
-Output: the input plus ``processed_key``, ``rejected_key`` (null when nothing was refused),
-``row_count``, ``rejected_count``, ``duplicate_count`` and ``quality`` (see ``transform.py``).
+Input: the Extract contract (``bucket``, ``snapshot_id``, ``run_id``, ``partition_date``,
+``raw_prefix``, ``manifest_key``, ``global_key`` (null when ``/global`` was unavailable, with
+``global_error`` saying why), ``fetched_at``, ``fetch_date``, ``vs_currency``, ``max_coins``,
+counts...). Every page is checked against the manifest's SHA-256 before it is used, and the
+processed file is parsed back (row count, field count) before it is written.
+Output: the input plus ``processed_key``, ``rejected_key`` (always written; header only when
+nothing was refused), ``row_count``, ``rejected_count``, ``duplicate_count`` and ``quality``
+(see ``transform.py``), all under the run's own ``run=`` prefix.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import re
 import time
@@ -20,14 +26,15 @@ from functions.common import keys
 from functions.common.errors import DataQualityError, ValidationError
 from functions.common.log import get_logger
 from functions.common.storage import Storage, get_json, storage_from_env
-from functions.transform.csv_gz import rejected_to_csv_gz, to_csv_gz
+from functions.transform.csv_gz import rejected_to_csv_gz, to_csv_gz, verify_csv_gz
 from functions.transform.transform import empty_message, transform
 
 logger = get_logger("transform")
 
 GZIP_CONTENT_TYPE = "application/gzip"
 _T = TypeVar("_T")
-_CURRENCY_RE = re.compile(r"^[A-Za-z0-9_-]{1,16}$")
+_CURRENCY_RE = re.compile(r"[A-Za-z0-9_-]{1,16}")
+_SHA256_RE = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
@@ -36,9 +43,12 @@ class TransformRequest:
 
     bucket: str
     snapshot_id: str
+    run_id: str
+    partition_date: date
     raw_prefix: str
     manifest_key: str
     global_key: str | None
+    global_error: str | None
     fetched_at: str
     fetch_date: date
     vs_currency: str
@@ -62,24 +72,31 @@ def parse_event(event: Any, *, bucket: str) -> TransformRequest:
     fetch_date = _parse(
         event.get("fetch_date"), date.fromisoformat, "fetch_date", "a YYYY-MM-DD date"
     )
+    partition_date = _parse(
+        event.get("partition_date"), date.fromisoformat, "partition_date", "a YYYY-MM-DD date"
+    )
+    run_id = keys.validate_run_id(event.get("run_id"))
     raw_prefix = keys.validate_key(event.get("raw_prefix"), "raw_prefix", keys.RAW)
-    expected_prefix = keys.raw_prefix(snapshot_id, fetch_date)
+    expected_prefix = keys.raw_prefix(snapshot_id, partition_date, run_id)
     if raw_prefix != expected_prefix:
         raise ValidationError(
             "raw_prefix",
-            f"{raw_prefix!r} is not the raw partition of snapshot {snapshot_id} on {fetch_date}"
+            f"{raw_prefix!r} is not the raw prefix of run {run_id} of snapshot {snapshot_id}"
             f" ({expected_prefix!r})",
         )
     manifest_key = keys.validate_key(event.get("manifest_key"), "manifest_key", raw_prefix)
     global_key = event.get("global_key")
     if global_key is not None:
         keys.validate_key(global_key, "global_key", raw_prefix)
+    global_error = event.get("global_error")
+    if global_error is not None and not isinstance(global_error, str):
+        raise ValidationError("global_error", f"{global_error!r} must be a string or null")
     fetched_at = event.get("fetched_at")
     parsed = _parse(fetched_at, datetime.fromisoformat, "fetched_at", "an ISO-8601 timestamp")
     if parsed.tzinfo is None:
         raise ValidationError("fetched_at", f"{fetched_at!r} has no time zone (expected UTC)")
     vs_currency = event.get("vs_currency")
-    if not isinstance(vs_currency, str) or not _CURRENCY_RE.match(vs_currency):
+    if not isinstance(vs_currency, str) or not _CURRENCY_RE.fullmatch(vs_currency):
         raise ValidationError(
             "vs_currency", f"{vs_currency!r} must be 1-16 letters, digits, '_' or '-'"
         )
@@ -91,9 +108,12 @@ def parse_event(event: Any, *, bucket: str) -> TransformRequest:
     return TransformRequest(
         bucket=bucket,
         snapshot_id=snapshot_id,
+        run_id=run_id,
+        partition_date=partition_date,
         raw_prefix=raw_prefix,
         manifest_key=manifest_key,
         global_key=global_key,
+        global_error=global_error,
         fetched_at=parsed.isoformat(),
         fetch_date=fetch_date,
         vs_currency=vs_currency,
@@ -101,8 +121,8 @@ def parse_event(event: Any, *, bucket: str) -> TransformRequest:
     )
 
 
-def check_manifest(manifest: Any, request: TransformRequest) -> list[str]:
-    """Check the manifest belongs to this snapshot; return its page keys in listed order."""
+def check_manifest(manifest: Any, request: TransformRequest) -> list[tuple[str, str]]:
+    """Check the manifest belongs to this run; return ``(page key, sha256)`` in listed order."""
     where = request.manifest_key
     manifest = keys.validate_object(manifest, where)
     if manifest.get("snapshot_id") != request.snapshot_id:
@@ -118,12 +138,49 @@ def check_manifest(manifest: Any, request: TransformRequest) -> list[str]:
     pages = manifest.get("pages")
     if not isinstance(pages, list):
         raise ValidationError(f"{where}: pages", f"must be a list, not {type(pages).__name__}")
-    page_keys: list[str] = []
+    page_keys: list[tuple[str, str]] = []
     for i, entry in enumerate(pages):
-        field = f"{where}: pages[{i}].key"
         key = entry.get("key") if isinstance(entry, Mapping) else None
-        page_keys.append(keys.validate_key(key, field, request.raw_prefix))
+        key = keys.validate_key(key, f"{where}: pages[{i}].key", request.raw_prefix)
+        digest = entry.get("sha256")
+        if not isinstance(digest, str) or not _SHA256_RE.fullmatch(digest):
+            raise ValidationError(
+                f"{where}: pages[{i}].sha256", f"{digest!r} must be 64 lower-case hex digits"
+            )
+        page_keys.append((key, digest))
     return page_keys
+
+
+def read_page(storage: Storage, key: str, sha256: str) -> Any:
+    """The page's parsed JSON, after checking its bytes against the manifest's SHA-256.
+
+    Raises ValidationError naming the page when the digest differs (the page was changed or
+    replaced after the Extract wrote the manifest) or the body is not JSON.
+    """
+    body = storage.get_bytes(key)
+    actual = hashlib.sha256(body).hexdigest()
+    if actual != sha256:
+        raise ValidationError(
+            key,
+            f"SHA-256 {actual} does not match the manifest's {sha256} ({len(body)} bytes):"
+            " the page changed after the Extract wrote the manifest; re-run the snapshot",
+        )
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValidationError(key, f"is not valid JSON ({exc})") from exc
+
+
+def describe_failed_checks(failed: list[Mapping[str, Any]]) -> str:
+    """``name (detail; coins: a, b, …)`` for each failed check, ``"; "``-joined."""
+    parts = []
+    for check in failed:
+        coins = check.get("coins") or []
+        more = (check.get("coin_count") or len(coins)) - len(coins)
+        named = f"; coins: {', '.join(map(str, coins))}" if coins else ""
+        named += f" and {more} more" if coins and more > 0 else ""
+        parts.append(f"{check.get('name')} ({check.get('detail')}{named})")
+    return "; ".join(parts)
 
 
 def run(event: Mapping[str, Any], *, storage: Storage) -> dict[str, Any]:
@@ -134,8 +191,11 @@ def run(event: Mapping[str, Any], *, storage: Storage) -> dict[str, Any]:
     started = time.perf_counter()
     manifest = get_json(storage, request.manifest_key)
     page_keys = check_manifest(manifest, request)
-    pages = [get_json(storage, key) for key in page_keys]
+    pages = [read_page(storage, key, digest) for key, digest in page_keys]
     global_body = get_json(storage, request.global_key) if request.global_key else None
+    global_error = request.global_error
+    if global_body is None and not global_error:
+        global_error = manifest.get("global_error") or "the Extract stored no /global body"
     timings["read_s"] = time.perf_counter() - started
 
     started = time.perf_counter()
@@ -149,25 +209,33 @@ def run(event: Mapping[str, Any], *, storage: Storage) -> dict[str, Any]:
         vs_currency=request.vs_currency,
         max_coins=request.max_coins,
         allow_empty=True,
+        global_error=global_error if global_body is None else None,
     )
     timings["transform_s"] = time.perf_counter() - started
 
     started = time.perf_counter()
     # Always written (header only when nothing was refused): a retried or re-run snapshot then
     # never leaves an earlier attempt's rejects behind, and the role needs no delete permission.
-    rejected_key = keys.rejected_key(request.snapshot_id, request.fetch_date)
+    rejected_key = keys.rejected_key(request.snapshot_id, request.partition_date, request.run_id)
     storage.put_bytes(rejected_key, rejected_to_csv_gz(result.rejected), GZIP_CONTENT_TYPE)
     quality = result.quality
     if not result.row_count:
         logger.error("no valid rows", extra={"quality": quality, "rejected_key": rejected_key})
         raise DataQualityError(empty_message(request.snapshot_id, quality))
-    processed_key = keys.processed_key(request.snapshot_id, request.fetch_date)
-    storage.put_bytes(processed_key, to_csv_gz(result.processed), GZIP_CONTENT_TYPE)
+    processed_key = keys.processed_key(request.snapshot_id, request.partition_date, request.run_id)
+    data = to_csv_gz(result.processed)
+    # Parse the file back before it is staged: a writer bug fails here naming the row, not in
+    # the warehouse's COPY with an opaque error.
+    verify_csv_gz(data, result.row_count)
+    storage.put_bytes(processed_key, data, GZIP_CONTENT_TYPE)
     timings["write_s"] = time.perf_counter() - started
 
     failed = [c for c in quality["checks"] if not c["passed"]]
     if failed:
-        logger.warning("quality checks failed", extra={"failed_checks": failed})
+        logger.warning(
+            f"quality checks failed: {describe_failed_checks(failed)}",
+            extra={"failed_checks": failed},
+        )
     logger.info(
         "transform done",
         extra={
