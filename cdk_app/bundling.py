@@ -6,7 +6,13 @@ by ``pip install --platform manylinux… --only-binary=:all: --python-version 3.
 Lambda's arm64 / Amazon Linux 2023 runtime (``LocalPipBundler``, a CDK ``ILocalBundling``).
 CDK uses Docker only if local bundling reports it cannot run (no pip), as it always does.
 
-pandas is not bundled: the transform function gets it from the AWS SDK for pandas managed layer.
+Every install is constrained by the repository's ``constraints.txt`` (``pip install -c``, as
+``make install`` does for the laptop), so the bundles get the versions the tests ran against.
+The file is copied into each staged source (``constraints.txt`` next to ``requirements.txt``) so
+it is part of the asset hash and also reaches CDK's Docker fallback.
+
+pandas is not bundled: the transform function gets it from the AWS SDK for pandas managed layer
+(a constraint only limits versions, it never adds a package).
 boto3 comes with the Lambda runtime (the Snowflake connector still pulls its own copy in).
 
 The staged sources live in ``.build/lambda-src/<name>-<content hash>/`` and installed
@@ -31,6 +37,8 @@ from aws_cdk import aws_lambda as lambda_
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BUILD_ROOT = REPO_ROOT / ".build"
+# Version constraints shared by make install, the tests and the Lambda bundles.
+CONSTRAINTS_NAME = "constraints.txt"
 
 FUNCTION_NAMES: tuple[str, ...] = ("extract", "transform", "load")
 
@@ -104,17 +112,27 @@ def _publish_dir(build: Path, dest: Path) -> None:
 def stage_function_source(
     name: str, repo_root: Path = REPO_ROOT, build_root: Path = BUILD_ROOT
 ) -> Path:
-    """Copy function ``name``'s code and requirements into a content-addressed directory.
+    """Copy function ``name``'s code, requirements and constraints into a content-addressed
+    directory.
 
-    Returns ``<build_root>/lambda-src/<name>-<hash>/`` containing ``functions/…`` and
-    ``requirements.txt``. A missing ``functions/<name>/`` is tolerated (the stack warns).
+    Returns ``<build_root>/lambda-src/<name>-<hash>/`` containing ``functions/…``,
+    ``requirements.txt`` and ``constraints.txt`` (a copy of ``<repo_root>/constraints.txt``).
+    A missing ``functions/<name>/`` is tolerated (the stack warns); a missing constraints file
+    raises ``FileNotFoundError`` (bundles must not drift from the tested versions).
     """
     if name not in REQUIREMENTS:
         raise KeyError(f"unknown Lambda function {name!r}; expected one of {FUNCTION_NAMES}")
+    constraints_path = repo_root / CONSTRAINTS_NAME
+    if not constraints_path.is_file():
+        raise FileNotFoundError(
+            f"{constraints_path} is missing: the Lambda bundles are installed with "
+            f"pip -c {CONSTRAINTS_NAME} so they get the versions the tests use"
+        )
+    constraints = constraints_path.read_bytes()
     files = _source_files(repo_root, name)
     requirements = "\n".join(REQUIREMENTS[name]) + "\n"
     digest = _digest(
-        [requirements.encode()]
+        [requirements.encode(), constraints]
         + [p.as_posix().encode() + b"\0" + (repo_root / p).read_bytes() for p in files]
     )
     staging_root = build_root / "lambda-src"
@@ -127,6 +145,7 @@ def stage_function_source(
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(repo_root / rel, target)
         (build / "requirements.txt").write_text(requirements, encoding="utf-8")
+        (build / CONSTRAINTS_NAME).write_bytes(constraints)
         _publish_dir(build, dest)
     for stale in staging_root.glob(f"{name}-*"):
         if stale != dest:
@@ -134,8 +153,11 @@ def stage_function_source(
     return dest
 
 
-def pip_install_command(requirements: Sequence[str], target: str) -> list[str]:
-    """The pip command that installs ``requirements`` for Lambda arm64 / Python 3.12."""
+def pip_install_command(
+    requirements: Sequence[str], target: str, *, constraints: Path | str
+) -> list[str]:
+    """The pip command that installs ``requirements`` for Lambda arm64 / Python 3.12 into
+    ``target``, every version limited by the ``constraints`` file (``pip -c``)."""
     return [
         sys.executable,
         "-m",
@@ -145,6 +167,8 @@ def pip_install_command(requirements: Sequence[str], target: str) -> list[str]:
         "--disable-pip-version-check",
         "--no-compile",
         *PIP_PLATFORM_ARGS,
+        "-c",
+        str(constraints),
         "--target",
         target,
         *requirements,
@@ -161,9 +185,15 @@ def _pip_available() -> bool:
     return result.returncode == 0
 
 
-def install_dependencies(requirements: Sequence[str], build_root: Path = BUILD_ROOT) -> Path:
-    """Install ``requirements`` once into ``<build_root>/deps/<hash>/`` and return that folder."""
-    key = _digest([r.encode() for r in (*requirements, *PIP_PLATFORM_ARGS)])
+def install_dependencies(
+    requirements: Sequence[str], constraints: Path, build_root: Path = BUILD_ROOT
+) -> Path:
+    """Install ``requirements`` (limited by the ``constraints`` file) once into
+    ``<build_root>/deps/<hash>/`` and return that folder; the hash covers the constraints' text.
+    Raises ``RuntimeError`` with pip's message if pip fails."""
+    key = _digest(
+        [r.encode() for r in (*requirements, *PIP_PLATFORM_ARGS)] + [constraints.read_bytes()]
+    )
     deps_root = build_root / "deps"
     dest = deps_root / key
     if dest.is_dir():
@@ -172,7 +202,7 @@ def install_dependencies(requirements: Sequence[str], build_root: Path = BUILD_R
     build = Path(tempfile.mkdtemp(prefix=".deps-", dir=deps_root))
     if requirements:
         result = subprocess.run(
-            pip_install_command(requirements, str(build)),
+            pip_install_command(requirements, str(build), constraints=constraints),
             capture_output=True,
             text=True,
             check=False,
@@ -201,7 +231,9 @@ class LocalPipBundler:
         """Fill ``output_dir``; ``False`` (pip unavailable) lets CDK fall back to Docker."""
         if not _pip_available():
             return False
-        deps = install_dependencies(self.requirements, self.build_root)
+        deps = install_dependencies(
+            self.requirements, self.source_dir / CONSTRAINTS_NAME, self.build_root
+        )
         shutil.copytree(deps, output_dir, dirs_exist_ok=True)
         shutil.copytree(
             self.source_dir / "functions", Path(output_dir) / "functions", dirs_exist_ok=True
@@ -213,10 +245,20 @@ def function_code(name: str, *, bundling: bool, build_root: Path = BUILD_ROOT) -
     """The code asset of function ``name``: bundled with its dependencies, or code only."""
     source = stage_function_source(name, build_root=build_root)
     if not bundling:
-        return lambda_.Code.from_asset(str(source), exclude=["requirements.txt"])
+        return lambda_.Code.from_asset(str(source), exclude=["requirements.txt", CONSTRAINTS_NAME])
     requirements = REQUIREMENTS[name]
     docker_pip = " ".join(
-        ["pip", "install", "--quiet", "--no-compile", *PIP_PLATFORM_ARGS, "-r", "requirements.txt"]
+        [
+            "pip",
+            "install",
+            "--quiet",
+            "--no-compile",
+            *PIP_PLATFORM_ARGS,
+            "-c",
+            CONSTRAINTS_NAME,
+            "-r",
+            "requirements.txt",
+        ]
     )
     return lambda_.Code.from_asset(
         str(source),

@@ -8,7 +8,8 @@ docs/DEPLOY.md explains each). Values given on the command line arrive as string
 * ``bundling`` (true): pip-install each function's dependencies into its asset; false = code
   only (tests, offline synth).
 * ``aws_sdk_pandas_version`` (3.16.0) / ``aws_sdk_pandas_layer_arn`` (empty): the AWS SDK for
-  pandas managed layer, resolved from SSM at deploy time unless an explicit ARN is given.
+  pandas managed layer, resolved at deploy time from the public SSM parameter
+  ``/aws/service/aws-sdk-pandas/<version>/py3.12/arm64/layer-arn`` unless an explicit ARN is given.
 * ``lake_removal_policy`` (retain): ``retain`` or ``destroy`` (a bucket is deleted only if empty).
 * ``raw_retention_days`` / ``rejected_retention_days`` (365): expiry after Infrequent Access
   at 30 days; ``noncurrent_version_retention_days`` (30); ``access_log_retention_days`` (90).
@@ -66,6 +67,20 @@ _SNOWFLAKE_IDENT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]{0,254}$")
 _VERSION_RE = re.compile(r"^\d+\.\d+\.\d+$")
 _LAYER_ARN_RE = re.compile(r"^arn:aws[a-z-]*:lambda:[a-z0-9-]+:\d{12}:layer:[A-Za-z0-9_-]+:\d+$")
 
+# The public parameters AWS SDK for pandas publishes in every region it has layers in:
+# /aws/service/aws-sdk-pandas/<version>/<py version>/<arch>/layer-arn. Source: its install docs,
+# "Layer ARNs can also be obtained from SSM public parameters" (CDK example
+# "/aws/service/aws-sdk-pandas/3.4.0/py3.10/x86_64/layer-arn"),
+# https://github.com/aws/aws-sdk-pandas/blob/main/docs/source/install.rst
+# (https://aws-sdk-pandas.readthedocs.io/en/stable/install.html). A form with a region segment
+# appeared in those docs in aws/aws-sdk-pandas#2486 and was reverted in #2489.
+PANDAS_LAYER_PYTHON = "py3.12"
+PANDAS_LAYER_ARCHITECTURE = "arm64"
+# Full-string shape of that name; SSM names allow only [A-Za-z0-9_.-] between slashes.
+_PANDAS_LAYER_PARAMETER_RE = re.compile(
+    r"/aws/service/aws-sdk-pandas/\d+\.\d+\.\d+/py3\.\d+/(arm64|x86_64)/layer-arn"
+)
+
 
 class ContextError(ValueError):
     """A CDK context value is invalid; the message names the key and what was wrong."""
@@ -73,6 +88,21 @@ class ContextError(ValueError):
     def __init__(self, key: str, problem: str) -> None:
         super().__init__(f"CDK context {key!r}: {problem}")
         self.key = key
+
+
+def pandas_layer_parameter_name(version: str) -> str:
+    """The public SSM parameter name of the AWS SDK for pandas layer ``version`` (e.g. 3.16.0)
+    for python3.12 on arm64. Raises ``ContextError`` (key ``aws_sdk_pandas_version``) if the
+    version does not make a valid name."""
+    name = (
+        f"/aws/service/aws-sdk-pandas/{version}/"
+        f"{PANDAS_LAYER_PYTHON}/{PANDAS_LAYER_ARCHITECTURE}/layer-arn"
+    )
+    if not _PANDAS_LAYER_PARAMETER_RE.fullmatch(name):
+        raise ContextError(
+            "aws_sdk_pandas_version", f"{version!r} does not make a valid SSM name ({name!r})"
+        )
+    return name
 
 
 def _as_bool(key: str, value: Any) -> bool:
@@ -150,13 +180,13 @@ class Settings:
     snowflake_role: str = ""
 
     @property
-    def pandas_layer_parameter_prefix(self) -> str:
-        """The SSM parameter path before the region (see ``pandas_layer_parameter_name``)."""
-        return f"/aws/service/aws-sdk-pandas/{self.aws_sdk_pandas_version}"
+    def pandas_layer_parameter_name(self) -> str:
+        """The public SSM parameter holding the managed layer's ARN (python3.12, arm64).
 
-    def pandas_layer_parameter_name(self, region: str) -> str:
-        """The public SSM parameter holding the managed layer's ARN in ``region``."""
-        return f"{self.pandas_layer_parameter_prefix}/{region}/py3.12/arm64/layer-arn"
+        ``/aws/service/aws-sdk-pandas/<version>/py3.12/arm64/layer-arn``, with no region segment:
+        SSM parameters are regional, so the same name resolves to each region's own layer.
+        """
+        return pandas_layer_parameter_name(self.aws_sdk_pandas_version)
 
 
 def settings_from_context(get: Any) -> Settings:
@@ -171,10 +201,10 @@ def settings_from_context(get: Any) -> Settings:
         raise ContextError("stack_name", f"{stack_name!r} is not a valid CloudFormation stack name")
 
     version = _as_str(value("aws_sdk_pandas_version"))
-    if not _VERSION_RE.match(version):
+    if not _VERSION_RE.fullmatch(version):
         raise ContextError("aws_sdk_pandas_version", f"{version!r} is not a version like 3.16.0")
     layer_arn = _as_str(value("aws_sdk_pandas_layer_arn"))
-    if layer_arn and not _LAYER_ARN_RE.match(layer_arn):
+    if layer_arn and not _LAYER_ARN_RE.fullmatch(layer_arn):
         raise ContextError("aws_sdk_pandas_layer_arn", f"{layer_arn!r} is not a layer version ARN")
 
     removal = _as_str(value("lake_removal_policy")).lower()

@@ -1,4 +1,14 @@
-"""The data lake: a private, encrypted, versioned S3 bucket (raw/, processed/, rejected/)."""
+"""The data lake: a private, encrypted, versioned S3 bucket.
+
+Layout (``functions.common.keys``): each execution attempt of a snapshot S writes under its own
+run prefix R, and one index object per snapshot records its fixed partition date D and the run
+currently loaded::
+
+    raw/dt=D/snapshot=S/run=R/markets/page-0001.json, …/global.json, …/manifest.json
+    processed/dt=D/snapshot=S/run=R/crypto_data.csv.gz
+    rejected/dt=D/snapshot=S/run=R/rejected.csv.gz
+    snapshots/S.json
+"""
 
 from __future__ import annotations
 
@@ -9,10 +19,11 @@ from constructs import Construct
 
 from cdk_app.config import INFREQUENT_ACCESS_AFTER_DAYS, Settings
 
-# Kept in sync with functions.common.keys (RAW, PROCESSED, REJECTED); tests check they match.
+# Kept in sync with functions.common.keys (RAW, PROCESSED, REJECTED, SNAPSHOTS); tests check.
 RAW = "raw/"
 PROCESSED = "processed/"
 REJECTED = "rejected/"
+SNAPSHOTS = "snapshots/"
 
 
 class DataLake(Construct):
@@ -73,7 +84,9 @@ class DataLake(Construct):
                 ia_then_expire(
                     "rejected-to-ia-then-expire", REJECTED, settings.rejected_retention_days
                 ),
-                # A rerun overwrites a snapshot's keys; old versions are only a safety net.
+                # processed/ (the warehouse's source) and snapshots/ (the index of the loaded
+                # run) never expire. Each attempt writes its own run=… keys and only the index
+                # is overwritten, so old versions are only a safety net.
                 s3.LifecycleRule(
                     id="expire-noncurrent-versions",
                     noncurrent_version_expiration=cdk.Duration.days(

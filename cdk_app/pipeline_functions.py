@@ -28,11 +28,21 @@ from constructs import Construct
 
 from cdk_app.bundling import BUILD_ROOT, REPO_ROOT, function_code
 from cdk_app.config import Settings
-from cdk_app.data_lake import PROCESSED, RAW, REJECTED, DataLake
+from cdk_app.data_lake import PROCESSED, RAW, REJECTED, SNAPSHOTS, DataLake
 from cdk_app.nag import acknowledge, arn_ref
 from cdk_app.secrets import Secrets
 
 SERVICE_PREFIX = "crypto-etl"
+
+# Lake prefixes each function may read (GetObject) and write (PutObject); ListBucket is limited
+# to their union. snapshots/ holds one index per snapshot (partition date, run loaded): extract
+# reads it to reuse the snapshot's date and creates it on the first run; load switches it to the
+# loaded run after COMMIT. Nobody may delete.
+LAKE_ACCESS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "extract": ((SNAPSHOTS,), (RAW, SNAPSHOTS)),
+    "transform": ((RAW,), (PROCESSED, REJECTED)),
+    "load": ((PROCESSED, SNAPSHOTS), (SNAPSHOTS,)),
+}
 
 # Unzipped size of the AWS SDK for pandas layer 3.16.0: 167 MB, as measured in
 # https://github.com/aws/aws-sdk-pandas/issues/3331 (the 3.16.0 and 3.15.1 layers are 167 MB;
@@ -95,16 +105,18 @@ def pandas_layer(scope: Construct, settings: Settings) -> lambda_.ILayerVersion:
     """The AWS SDK for pandas managed layer (python3.12, arm64).
 
     Its ARN is read at DEPLOY time from the public SSM parameter
-    ``/aws/service/aws-sdk-pandas/<version>/<region>/py3.12/arm64/layer-arn`` through a
-    CloudFormation dynamic reference (``{{resolve:ssm:…}}``) so the stack stays region-agnostic
-    and synth needs no AWS call. ``aws_sdk_pandas_layer_arn`` in context overrides it.
+    ``/aws/service/aws-sdk-pandas/<version>/py3.12/arm64/layer-arn`` (no region segment: SSM is
+    regional, so the deploying region's parameter names that region's layer; source of the format
+    in ``cdk_app.config``) through a CloudFormation dynamic reference (``{{resolve:ssm:…}}``), so
+    the stack stays region-agnostic and synth needs no AWS call. ``aws_sdk_pandas_layer_arn`` in
+    context overrides it.
     """
     arn = settings.aws_sdk_pandas_layer_arn
     if not arn:
         arn = ssm.StringParameter.from_string_parameter_attributes(
             scope,
             "PandasLayerArnParameter",
-            parameter_name=settings.pandas_layer_parameter_name(cdk.Aws.REGION),
+            parameter_name=settings.pandas_layer_parameter_name,
             force_dynamic_reference=True,
             simple_name=False,  # the name starts with "/"
         ).string_value
@@ -152,13 +164,13 @@ class PipelineFunctions(Construct):
                 ),
             },
         )
-        lake.grant(self.roles["extract"], write=(RAW,))
+        self._grant_lake("extract")
         secrets.grant_read(self.roles["extract"], secrets.coingecko_arn)
 
         self.transform = self._function(
             "transform", environment={}, layers=[pandas_layer(self, settings)]
         )
-        lake.grant(self.roles["transform"], read=(RAW,), write=(PROCESSED, REJECTED))
+        self._grant_lake("transform")
 
         self.load = self._function(
             "load",
@@ -174,7 +186,7 @@ class PipelineFunctions(Construct):
                 **({"SNOWFLAKE_ROLE": settings.snowflake_role} if settings.snowflake_role else {}),
             },
         )
-        lake.grant(self.roles["load"], read=(PROCESSED,))
+        self._grant_lake("load")
         secrets.grant_read(self.roles["load"], secrets.snowflake_arn)
 
         self._acknowledge_prefix_wildcards()
@@ -238,19 +250,19 @@ class PipelineFunctions(Construct):
         self.roles[name] = role
         return fn
 
+    def _grant_lake(self, name: str) -> None:
+        read, write = LAKE_ACCESS[name]
+        self.lake.grant(self.roles[name], read=read, write=write)
+
     def _acknowledge_prefix_wildcards(self) -> None:
         bucket = arn_ref(self.lake.bucket)
-        prefixes = {
-            "extract": (RAW,),
-            "transform": (RAW, PROCESSED, REJECTED),
-            "load": (PROCESSED,),
-        }
         for name, role in self.roles.items():
+            prefixes = sorted(set(LAKE_ACCESS[name][0]) | set(LAKE_ACCESS[name][1]))
             acknowledge(
                 role,
                 "AwsSolutions-IAM5",
                 "Object-level wildcards are the least privilege for a data lake: the function "
-                "reads/writes only keys under its own prefixes (snapshot keys are not known "
-                "before the execution runs).",
-                findings=[f"Resource::{bucket}/{p}*" for p in prefixes[name]],
+                "reads/writes only keys under its own prefixes (snapshot and run ids are not "
+                "known before the execution runs).",
+                findings=[f"Resource::{bucket}/{p}*" for p in prefixes],
             )

@@ -31,8 +31,9 @@ def test_defaults() -> None:
     assert s.retain_lake is True
     assert s.schedule == ""
     assert s.snowflake_database == "CRYPTO_ETL_DB"
-    assert s.pandas_layer_parameter_name("eu-west-1") == (
-        "/aws/service/aws-sdk-pandas/3.16.0/eu-west-1/py3.12/arm64/layer-arn"
+    # AWS SDK for pandas' public parameter: no region segment (SSM is regional already).
+    assert s.pandas_layer_parameter_name == (
+        "/aws/service/aws-sdk-pandas/3.16.0/py3.12/arm64/layer-arn"
     )
 
 
@@ -75,6 +76,21 @@ def test_bad_values_are_refused_naming_the_key(key: str, value: str, problem: st
         _settings(**{key: value})
     assert info.value.key == key
     assert repr(key) in str(info.value)
+
+
+def test_pandas_layer_parameter_follows_the_configured_version() -> None:
+    assert _settings(aws_sdk_pandas_version="3.15.1").pandas_layer_parameter_name == (
+        "/aws/service/aws-sdk-pandas/3.15.1/py3.12/arm64/layer-arn"
+    )
+
+
+@pytest.mark.parametrize("version", ["3.16.0/eu-west-1", "v3.16.0", "../3.16.0", "3.16"])
+def test_a_version_that_would_make_another_parameter_name_is_refused(version: str) -> None:
+    with pytest.raises(ContextError, match="aws_sdk_pandas_version"):
+        _settings(aws_sdk_pandas_version=version)
+    # Settings built directly (not from context) are checked when the name is made.
+    with pytest.raises(ContextError, match="not make a valid SSM name"):
+        _ = Settings(aws_sdk_pandas_version=version).pandas_layer_parameter_name
 
 
 def test_schedule_expressions_accepted() -> None:

@@ -34,10 +34,11 @@ def test_resource_inventory(default_synth: Synth) -> None:
 
 
 def test_lake_prefixes_match_the_key_layout() -> None:
-    assert (data_lake.RAW, data_lake.PROCESSED, data_lake.REJECTED) == (
+    assert (data_lake.RAW, data_lake.PROCESSED, data_lake.REJECTED, data_lake.SNAPSHOTS) == (
         keys.RAW,
         keys.PROCESSED,
         keys.REJECTED,
+        keys.SNAPSHOTS,
     )
 
 
@@ -111,8 +112,11 @@ def test_lifecycle_raw_and_rejected_go_to_ia_after_30_days_then_expire(
     # raw_retention_days=90 from context; rejected keeps the default.
     assert _rules(options_synth)["raw-to-ia-then-expire"]["ExpirationInDays"] == 90
     assert _rules(options_synth)["rejected-to-ia-then-expire"]["ExpirationInDays"] == 365
-    # processed/ is the warehouse's source and never expires.
-    assert not any(r.get("Prefix", "").startswith("processed") for r in rules.values())
+    # processed/ is the warehouse's source and snapshots/ names the loaded run: neither expires.
+    for kept in ("processed/", "snapshots/"):
+        assert not any(
+            "ExpirationInDays" in r and kept.startswith(r.get("Prefix", "")) for r in rules.values()
+        ), kept
 
 
 def test_lifecycle_expires_noncurrent_versions(default_synth: Synth) -> None:
@@ -189,9 +193,9 @@ def test_only_transform_has_the_pandas_layer_resolved_from_ssm_at_deploy_time(
     assert "Layers" not in fns["load"]["Properties"]
     (layer,) = fns["transform"]["Properties"]["Layers"]
     # A CloudFormation dynamic reference, resolved in the deploying region: no synth-time lookup.
-    assert flatten(layer) == (
-        "{{resolve:ssm:/aws/service/aws-sdk-pandas/3.16.0/<AWS::Region>/py3.12/arm64/layer-arn}}"
-    )
+    # The public parameter has no region segment (SSM parameters are regional already), so the
+    # reference is a plain string, not a Join over AWS::Region.
+    assert layer == "{{resolve:ssm:/aws/service/aws-sdk-pandas/3.16.0/py3.12/arm64/layer-arn}}"
     assert not (default_synth.outdir / "cdk.context.json").exists()
     # An explicit ARN in context replaces the lookup.
     opt_layers = _functions(options_synth)["transform"]["Properties"]["Layers"]
@@ -247,8 +251,10 @@ def _expected(synth: Synth, name: str) -> set[Statement]:
     return {
         "extract": {
             logs,
-            Statement("Allow", ("s3:PutObject",), objects("raw/"), ""),
-            listing("raw/"),
+            # The snapshot index: read to reuse the snapshot's partition date, created on run 1.
+            Statement("Allow", ("s3:GetObject",), objects("snapshots/"), ""),
+            Statement("Allow", ("s3:PutObject",), objects("raw/", "snapshots/"), ""),
+            listing("raw/", "snapshots/"),
             secret(secrets.coingecko),
         },
         "transform": {
@@ -259,8 +265,10 @@ def _expected(synth: Synth, name: str) -> set[Statement]:
         },
         "load": {
             logs,
-            Statement("Allow", ("s3:GetObject",), objects("processed/"), ""),
-            listing("processed/"),
+            Statement("Allow", ("s3:GetObject",), objects("processed/", "snapshots/"), ""),
+            # Switches the snapshot index to the loaded run after COMMIT.
+            Statement("Allow", ("s3:PutObject",), objects("snapshots/"), ""),
+            listing("processed/", "snapshots/"),
             secret(secrets.snowflake),
         },
     }[name]
@@ -275,25 +283,34 @@ def test_function_policy_grants_exactly_its_prefixes(default_synth: Synth, name:
 
 def test_negative_permissions(default_synth: Synth) -> None:
     bucket = f"<{default_synth.logical_id(default_synth.stack.lake.bucket)}.Arn>"
-    key = "dt=2026-01-01/snapshot=s1/x.json"
+    key = "dt=2026-01-01/snapshot=s1/run=r1/x.json"
+    index = f"{bucket}/snapshots/s1.json"
     st = {name: _function_statements(default_synth, name) for name in FUNCTION_NAMES}
 
     # The evaluator itself: what is granted is allowed.
     assert is_allowed(st["extract"], "s3:PutObject", f"{bucket}/raw/{key}")
     assert is_allowed(st["transform"], "s3:GetObject", f"{bucket}/raw/{key}")
     assert is_allowed(st["load"], "s3:GetObject", f"{bucket}/processed/{key}")
+    # The snapshot index: extract and load read and write it, transform never touches it.
+    for name in ("extract", "load"):
+        assert is_allowed(st[name], "s3:GetObject", index), name
+        assert is_allowed(st[name], "s3:PutObject", index), name
+    assert not is_allowed(st["transform"], "s3:GetObject", index)
+    assert not is_allowed(st["transform"], "s3:PutObject", index)
 
-    # extract cannot read anything (in particular processed/), nor write outside raw/.
-    for prefix in ("raw/", "processed/", "rejected/"):
+    # extract reads only the index (in particular not processed/), writes only raw/ and it.
+    for prefix in ("raw/", "processed/", "rejected/", ""):
         assert not is_allowed(st["extract"], "s3:GetObject", f"{bucket}/{prefix}{key}")
-    assert not is_allowed(st["extract"], "s3:PutObject", f"{bucket}/processed/{key}")
+    for prefix in ("processed/", "rejected/", ""):
+        assert not is_allowed(st["extract"], "s3:PutObject", f"{bucket}/{prefix}{key}")
     # transform cannot write raw/ nor read processed/.
     assert not is_allowed(st["transform"], "s3:PutObject", f"{bucket}/raw/{key}")
     assert not is_allowed(st["transform"], "s3:GetObject", f"{bucket}/processed/{key}")
-    # load cannot write anything, and reads only processed/.
+    # load writes only the index, and reads only processed/ and the index.
     for prefix in ("raw/", "processed/", "rejected/", ""):
         assert not is_allowed(st["load"], "s3:PutObject", f"{bucket}/{prefix}{key}")
     assert not is_allowed(st["load"], "s3:GetObject", f"{bucket}/raw/{key}")
+    assert not is_allowed(st["load"], "s3:GetObject", f"{bucket}/rejected/{key}")
     # Nobody may delete, change bucket settings, or list without a prefix condition.
     for name in FUNCTION_NAMES:
         for action in ("s3:DeleteObject", "s3:DeleteObjectVersion", "s3:PutBucketPolicy"):

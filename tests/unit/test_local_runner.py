@@ -56,6 +56,32 @@ def test_every_task_has_retry_and_catch_to_the_alert_path():
     assert states["Failed"]["Type"] == "Fail"
 
 
+# The transient Lambda service errors AWS says to retry ("Handle Lambda service exceptions",
+# https://docs.aws.amazon.com/step-functions/latest/dg/bp-lambda-serviceexception.html), plus
+# Lambda's throttling error, which the same page names when the invocation limit is hit.
+TRANSIENT_LAMBDA_ERRORS = {
+    "Lambda.ClientExecutionTimeoutException",
+    "Lambda.ServiceException",
+    "Lambda.AWSLambdaException",
+    "Lambda.SdkClientException",
+    "Lambda.TooManyRequestsException",
+}
+
+
+def test_every_lambda_task_retries_exactly_the_transient_lambda_errors():
+    states = json.loads(definition.definition_template())["States"]
+    lambda_tasks = {
+        name: state
+        for name, state in states.items()
+        if state.get("Resource", "").startswith("arn:aws:states:::lambda:invoke")
+    }
+    assert {"Extract", "Transform", "Load"} <= set(lambda_tasks)
+    for name, task in lambda_tasks.items():
+        retried = [error for retrier in task.get("Retry", []) for error in retrier["ErrorEquals"]]
+        # Exactly these: the functions' own typed errors (and timeouts) must not be retried.
+        assert sorted(retried) == sorted(TRANSIENT_LAMBDA_ERRORS), name
+
+
 def test_placeholders_match_the_documented_substitutions():
     assert definition.placeholders() == set(definition.SUBSTITUTIONS)
     with pytest.raises(KeyError, match="missing"):
