@@ -10,6 +10,16 @@ DuckDB instance per login and never releases it, so a second connection to the s
 file fails ("Unique file handle conflict ... already attached"). This module's ``serve`` runs the
 same fakesnow server app (uvicorn) with one shared instance per database path, so any number of
 sequential or concurrent connections work, and closes DuckDB cleanly on SIGINT/SIGTERM.
+
+Two more fixes to the emulator, made in the server process only (``_patch_fakesnow``):
+
+* fakesnow serialises a timestamp column as Snowflake's Arrow struct without a validity mask,
+  so the connector reads a NULL TIMESTAMP_TZ/NTZ/LTZ as 1970-01-01. Here a NULL stays NULL (and
+  a real 1970-01-01 still reads as 1970-01-01).
+* fakesnow's COPY refuses the CSV options ``TIMESTAMP_FORMAT`` / ``DATE_FORMAT``, which the load
+  sends to pin how real Snowflake reads the file. DuckDB's CSV reader reads ISO-8601 by itself,
+  so the values the load sends (``functions.load.sql.COPY_*_FORMAT``) and ``AUTO`` are accepted
+  and dropped; any other value is refused with an error naming it.
 """
 
 from __future__ import annotations
@@ -29,13 +39,14 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Self
 
 from functions.common.errors import CryptoEtlError
 from functions.load.config import DEFAULT_DATABASE, DEFAULT_SCHEMA, SnowflakeConfig
+from functions.load.sql import COPY_DATE_FORMAT, COPY_TIMESTAMP_FORMAT
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FAKE_USER = "fake"
@@ -287,6 +298,74 @@ class LocalWarehouse:
 
 # --- the server process (python -m local_mode.warehouse --port N) ------------------------------
 
+# COPY FILE_FORMAT options the emulator lacks -> the values it can honour (DuckDB's CSV reader
+# detects ISO-8601 timestamps with an offset and ISO dates, which is what these formats denote).
+EMULATED_COPY_FORMATS: dict[str, frozenset[str]] = {
+    "TIMESTAMP_FORMAT": frozenset({COPY_TIMESTAMP_FORMAT, "AUTO"}),
+    "DATE_FORMAT": frozenset({COPY_DATE_FORMAT, "AUTO"}),
+}
+
+
+def _timestamps_keep_nulls(to_struct: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """Wrap fakesnow's ``timestamp_to_sf_struct`` so NULL rows are NULL structs.
+
+    Snowflake sends a timestamp as a struct (epoch, fraction[, timezone]); fakesnow builds it
+    without a validity mask, so a NULL row arrives as epoch 0 and the connector returns
+    1970-01-01. The struct is rebuilt with the input's nulls as its mask (children 0-filled, as
+    their fields are declared non-nullable).
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    def timestamp_to_sf_struct(ts: Any) -> Any:
+        struct = to_struct(ts)
+        if isinstance(ts, pa.ChunkedArray):
+            ts = ts.combine_chunks()
+        if ts.null_count == 0:
+            return struct
+        children = [pc.fill_null(struct.field(i), 0) for i in range(struct.type.num_fields)]
+        return pa.StructArray.from_arrays(children, fields=list(struct.type), mask=ts.is_null())
+
+    return timestamp_to_sf_struct
+
+
+def _csv_accepts_pinned_formats(handle_csv: Callable[[dict], Any]) -> Callable[[dict], Any]:
+    """Wrap fakesnow's ``handle_csv`` to accept ``EMULATED_COPY_FORMATS`` (and refuse others)."""
+    from snowflake.connector.errors import ProgrammingError
+
+    def accepting_handle_csv(options: dict[str, Any]) -> Any:
+        options = dict(options)
+        for name, accepted in EMULATED_COPY_FORMATS.items():
+            if name not in options:
+                continue
+            value = str(options.pop(name))
+            if value not in accepted and value.upper() != "AUTO":
+                raise ProgrammingError(
+                    msg=f"local warehouse: COPY FILE_FORMAT option {name} = '{value}' is not"
+                    f" emulated (DuckDB detects the text's format itself); accepted:"
+                    f" {sorted(accepted)}",
+                    errno=1008,
+                    sqlstate="22023",
+                )
+        return handle_csv(options)
+
+    return accepting_handle_csv
+
+
+def _patch_fakesnow() -> None:
+    """Apply the emulator fixes described in the module docstring (idempotent)."""
+    import fakesnow.arrow as fakesnow_arrow
+    import fakesnow.copy_into as fakesnow_copy
+
+    if getattr(fakesnow_arrow, "_crypto_etl_patched", False):
+        return
+    # Both are looked up as module globals by their callers (to_sf, _params).
+    fakesnow_arrow.timestamp_to_sf_struct = _timestamps_keep_nulls(
+        fakesnow_arrow.timestamp_to_sf_struct
+    )
+    fakesnow_copy.handle_csv = _csv_accepts_pinned_formats(fakesnow_copy.handle_csv)
+    fakesnow_arrow._crypto_etl_patched = True  # type: ignore[attr-defined]
+
 
 def serve(host: str, port: int, parent_pid: int | None = None) -> int:
     """Run fakesnow's server app with one shared DuckDB instance per ``FAKESNOW_DB_PATH``.
@@ -298,6 +377,7 @@ def serve(host: str, port: int, parent_pid: int | None = None) -> int:
     import uvicorn
     from fakesnow.instance import FakeSnow
 
+    _patch_fakesnow()
     instances: dict[str, FakeSnow] = {}
     lock = threading.Lock()
 

@@ -12,11 +12,21 @@ DATABASE, SCHEMA            default ``CRYPTO_ETL_DB`` / ``PUBLIC``; validated id
 HOST, PORT, PROTOCOL        connection overrides (local mode: the fakesnow server)
 NETWORK_TIMEOUT             seconds the connector keeps retrying a request (short locally)
 LOGIN_TIMEOUT               seconds the connector keeps retrying the login
-SESSION_PARAMETERS          JSON object of session parameters (local: ``FAKESNOW_DB_PATH``)
+STATEMENT_TIMEOUT_SECONDS   session STATEMENT_TIMEOUT_IN_SECONDS (default 300; 0 = Snowflake's
+                            maximum, 7 days): the server cancels a longer statement
+LOCK_TIMEOUT_SECONDS        session LOCK_TIMEOUT (default 60; 0 = fail at once): how long a
+                            statement waits for a lock held by another transaction, e.g. a
+                            killed load's, before it fails
+SESSION_PARAMETERS          JSON object of other session parameters (local: ``FAKESNOW_DB_PATH``)
 SECRET_ARN                  Secrets Manager secret holding the JSON shape in ``EXPECTED_JSON``
 ==========================  ===========================================================
 
 Values in the environment override the secret's. Secrets never appear in ``repr`` or logs.
+Every session also pins ``TIMESTAMP_INPUT_FORMAT`` and ``DATE_INPUT_FORMAT`` to ``AUTO``, so an
+account-level input format cannot break the casts of bound timestamps (see
+:meth:`SnowflakeConfig.connect_session_parameters`). Parameter names and ranges:
+https://docs.snowflake.com/en/sql-reference/parameters (STATEMENT_TIMEOUT_IN_SECONDS: 0-604800,
+default 172800; LOCK_TIMEOUT: default 43200).
 """
 
 from __future__ import annotations
@@ -58,6 +68,19 @@ _SECRET_KEYS = {
 
 SecretFetcher = Callable[[str], str]
 
+DEFAULT_STATEMENT_TIMEOUT_SECONDS = 300  # below the Load Lambda's 600 s timeout
+DEFAULT_LOCK_TIMEOUT_SECONDS = 60
+MAX_STATEMENT_TIMEOUT_SECONDS = 604_800  # Snowflake's limit (7 days)
+
+# Session parameters this module sets itself: SNOWFLAKE_SESSION_PARAMETERS may not set them
+# (value -> the variable to use instead, or None when the load pins it).
+_OWN_SESSION_PARAMETERS = {
+    "STATEMENT_TIMEOUT_IN_SECONDS": "SNOWFLAKE_STATEMENT_TIMEOUT_SECONDS",
+    "LOCK_TIMEOUT": "SNOWFLAKE_LOCK_TIMEOUT_SECONDS",
+    "TIMESTAMP_INPUT_FORMAT": None,
+    "DATE_INPUT_FORMAT": None,
+}
+
 
 def validate_identifier(value: str, name: str) -> str:
     """Return ``value`` upper-cased if it is a plain Snowflake identifier, else ConfigError."""
@@ -87,6 +110,8 @@ class SnowflakeConfig:
     network_timeout: int | None = None
     login_timeout: int | None = None
     session_parameters: dict[str, Any] = field(default_factory=dict)
+    statement_timeout_seconds: int = DEFAULT_STATEMENT_TIMEOUT_SECONDS
+    lock_timeout_seconds: int = DEFAULT_LOCK_TIMEOUT_SECONDS
 
     def __post_init__(self) -> None:
         database = validate_identifier(self.database, "SNOWFLAKE_DATABASE")
@@ -99,6 +124,31 @@ class SnowflakeConfig:
             )
         if self.protocol not in (None, "http", "https"):
             raise ConfigError("SNOWFLAKE_PROTOCOL", f"{self.protocol!r} must be 'http' or 'https'")
+        for name, value, maximum in (
+            ("SNOWFLAKE_STATEMENT_TIMEOUT_SECONDS", self.statement_timeout_seconds,
+             MAX_STATEMENT_TIMEOUT_SECONDS),
+            ("SNOWFLAKE_LOCK_TIMEOUT_SECONDS", self.lock_timeout_seconds, None),
+        ):  # fmt: skip
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ConfigError(name, f"{value!r} must be an integer >= 0")
+            if maximum is not None and value > maximum:
+                raise ConfigError(name, f"{value} is above Snowflake's maximum {maximum}")
+        _check_own_parameters(self.session_parameters)
+
+    def connect_session_parameters(self) -> dict[str, Any]:
+        """The session parameters every connection is opened with (sent at login).
+
+        ``STATEMENT_TIMEOUT_IN_SECONDS`` and ``LOCK_TIMEOUT`` (seconds) from this config,
+        ``TIMESTAMP_INPUT_FORMAT`` / ``DATE_INPUT_FORMAT`` = ``AUTO`` (the bound ISO-8601 values
+        the load casts), then ``session_parameters``.
+        """
+        return {
+            "STATEMENT_TIMEOUT_IN_SECONDS": self.statement_timeout_seconds,
+            "LOCK_TIMEOUT": self.lock_timeout_seconds,
+            "TIMESTAMP_INPUT_FORMAT": "AUTO",
+            "DATE_INPUT_FORMAT": "AUTO",
+            **self.session_parameters,
+        }
 
     @property
     def auth_method(self) -> str:
@@ -117,6 +167,8 @@ class SnowflakeConfig:
             "schema": self.schema,
             "host": self.host,
             "port": self.port,
+            "statement_timeout_seconds": self.statement_timeout_seconds,
+            "lock_timeout_seconds": self.lock_timeout_seconds,
         }
 
     @classmethod
@@ -151,6 +203,16 @@ class SnowflakeConfig:
         port = env_int(env, "SNOWFLAKE_PORT", 0, minimum=0, maximum=65535) or None
         network_timeout = env_int(env, "SNOWFLAKE_NETWORK_TIMEOUT", 0, minimum=0) or None
         login_timeout = env_int(env, "SNOWFLAKE_LOGIN_TIMEOUT", 0, minimum=0) or None
+        statement_timeout = env_int(
+            env,
+            "SNOWFLAKE_STATEMENT_TIMEOUT_SECONDS",
+            DEFAULT_STATEMENT_TIMEOUT_SECONDS,
+            minimum=0,
+            maximum=MAX_STATEMENT_TIMEOUT_SECONDS,
+        )
+        lock_timeout = env_int(
+            env, "SNOWFLAKE_LOCK_TIMEOUT_SECONDS", DEFAULT_LOCK_TIMEOUT_SECONDS, minimum=0
+        )
         return cls(
             account=values["account"],
             user=values["user"],
@@ -167,6 +229,8 @@ class SnowflakeConfig:
             network_timeout=network_timeout,
             login_timeout=login_timeout,
             session_parameters=_session_parameters(env),
+            statement_timeout_seconds=statement_timeout,
+            lock_timeout_seconds=lock_timeout,
         )
 
 
@@ -183,6 +247,18 @@ def _session_parameters(env: Mapping[str, str]) -> dict[str, Any]:
     if not isinstance(parsed, dict):
         raise ConfigError("SNOWFLAKE_SESSION_PARAMETERS", "must be a JSON object")
     return parsed
+
+
+def _check_own_parameters(params: Mapping[str, Any]) -> None:
+    """ConfigError if ``params`` sets a parameter this module sets itself (any letter case)."""
+    for key in params:
+        if str(key).upper() in _OWN_SESSION_PARAMETERS:
+            instead = _OWN_SESSION_PARAMETERS[str(key).upper()]
+            raise ConfigError(
+                "SNOWFLAKE_SESSION_PARAMETERS",
+                f"must not set {key}: "
+                + (f"use {instead}" if instead else "the load pins it to AUTO"),
+            )
 
 
 def _fetch_secret_string(arn: str) -> str:

@@ -54,8 +54,7 @@ def connect_kwargs(cfg: SnowflakeConfig) -> dict[str, Any]:
         "login_timeout": cfg.login_timeout,
     }
     kwargs.update({k: v for k, v in optional.items() if v is not None})
-    if cfg.session_parameters:
-        kwargs["session_parameters"] = dict(cfg.session_parameters)
+    kwargs["session_parameters"] = cfg.connect_session_parameters()
     return kwargs
 
 

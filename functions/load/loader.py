@@ -1,14 +1,20 @@
 """The load sequence on an open connection (see DESIGN.md "Loading").
 
+0. ``ensure_objects``: the schema (the database must exist: creating one needs an admin), the
+   tables (checked for missing columns) and the reporting views.
 1. Outside any transaction: a TEMPORARY staging table and stage, PUT, COPY INTO staging;
    check the COPY loaded exactly ``row_count`` rows, one per coin id, all of this snapshot.
 2. One transaction: count the snapshot's rows already there, DELETE them, INSERT the staged
    rows, write the ETL_RUNS row, COMMIT (ROLLBACK on any error: nothing changes).
+   If COMMIT itself fails, its reply may just have been lost after the commit: a new session
+   (``reconnect``) looks for this attempt's ETL_RUNS row and the load reports what it finds:
+   committed (success), not committed (LoadError, unchanged) or, if it cannot look, UNKNOWN.
 3. After the commit, in autocommit: MERGE the staged coins into CRYPTO_ASSET_DIM (idempotent,
    so a retry converges) and drop the staging table.
 
 Every statement is short (one bulk statement per step), as the emulator re-executes a request
-the connector re-sends after its socket timeout.
+the connector re-sends after its socket timeout. Database and network failures (the
+connector's errors, OSError) become LoadError naming the step.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import gzip
 import json
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,6 +41,10 @@ from functions.load import sql
 from functions.load.sql import Names, Statement
 
 logger = get_logger("load")
+
+# What a statement can raise when the database or the network fails: the connector's errors,
+# and OSError (sockets, the PUT's file read; requests' exceptions are OSErrors too).
+_DB_ERRORS: tuple[type[BaseException], ...] = (SnowflakeError, OSError)
 
 
 @dataclass(frozen=True)
@@ -70,6 +80,9 @@ class LoadResult:
     assets_merged: int = 0
     asset_dim_error: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    # True when the COMMIT statement raised (e.g. its reply was lost) and a new session then
+    # found this attempt's ETL_RUNS row: the load is committed all the same.
+    commit_reply_lost: bool = False
 
 
 def _execute(cur: Any, stmt: Statement, timings: dict[str, float]) -> list[tuple[Any, ...]]:
@@ -86,19 +99,37 @@ def _run(
     """Execute one statement; a database error becomes a LoadError naming the step."""
     try:
         return _execute(cur, stmt, timings)
-    except SnowflakeError as exc:
+    except _DB_ERRORS as exc:
         target = f" for snapshot {snapshot_id}" if snapshot_id else ""
         raise LoadError(f"load step {stmt.label!r} failed{target}: {_one_line(exc)}") from exc
 
 
 def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())[:600]
+    text = " ".join(str(exc).split())[:600]
+    return text if isinstance(exc, SnowflakeError) else f"{type(exc).__name__}: {text}"
+
+
+@contextlib.contextmanager
+def _cursor(conn: Any, purpose: str) -> Iterator[Any]:
+    """``conn.cursor()``; failing to open one (e.g. a closed connection) is a LoadError."""
+    try:
+        cur = conn.cursor()
+    except _DB_ERRORS as exc:
+        raise LoadError(f"cannot open a cursor to {purpose}: {_one_line(exc)}") from exc
+    with cur:
+        yield cur
 
 
 def ensure_objects(conn: Any, names: Names, *, views: bool = True) -> None:
-    """Create the tables (and the reporting views) if missing; check the tables' columns."""
+    """Create the schema, the tables and the reporting views if missing; check the tables.
+
+    The database must exist already (creating one needs an admin). Raises LoadError naming the
+    step: the database is missing or not visible to this role, a statement failed, or a table
+    lacks columns this version writes.
+    """
     timings: dict[str, float] = {}
-    with conn.cursor() as cur:
+    with _cursor(conn, "create the warehouse objects") as cur:
+        _ensure_schema(cur, names, timings)
         for stmt in sql.create_tables(names):
             _run(cur, stmt, timings)
         for table in sql.TABLES:
@@ -112,6 +143,26 @@ def ensure_objects(conn: Any, names: Names, *, views: bool = True) -> None:
         for stmt in sql.create_views(names) if views else []:
             _run(cur, stmt, timings)
     logger.debug("warehouse objects ensured", extra={"timings": timings})
+
+
+def _ensure_schema(cur: Any, names: Names, timings: dict[str, float]) -> None:
+    """CREATE SCHEMA only when it is missing (a role may use a schema it cannot create)."""
+    check = sql.schema_exists(names)
+    try:
+        ((present,),) = _execute(cur, check, timings)
+    except _DB_ERRORS as exc:
+        # 2003: "does not exist or not authorized" (Snowflake; the emulator uses it too).
+        if getattr(exc, "errno", None) == 2003:
+            raise LoadError(
+                f"database {names.database} does not exist or this role cannot use it; the"
+                " load creates only the schema: an admin must CREATE DATABASE"
+                f" {names.database} and grant the load's role its ownership (or USAGE and"
+                f" CREATE SCHEMA on it) - see the README ({_one_line(exc)})"
+            ) from exc
+        raise LoadError(f"load step {check.label!r} failed: {_one_line(exc)}") from exc
+    if not present:
+        _run(cur, sql.create_schema(names), timings)
+        logger.info("schema created", extra={"schema": f"{names.database}.{names.schema}"})
 
 
 def _copy_rows_loaded(cur: Any, rows: Sequence[tuple[Any, ...]]) -> int:
@@ -158,7 +209,7 @@ def _stage_and_check(
     copy = sql.copy_into_staging(staging, stage)
     try:
         rows = _execute(cur, copy, timings)
-    except SnowflakeError as exc:
+    except _DB_ERRORS as exc:
         raise LoadError(
             f"load step 'copy into staging' failed for snapshot {snapshot_id}: a value or the"
             f" column count of {local_file.name} does not fit CRYPTO_DATA: {_one_line(exc)}"
@@ -228,10 +279,19 @@ def load_snapshot(
     row_count: int,
     names: Names | None = None,
     run: RunInfo | None = None,
+    reconnect: Callable[[], Any] | None = None,
 ) -> LoadResult:
     """Load one processed file as snapshot ``snapshot_id`` (replacing it whole if present).
 
-    Raises LoadError (naming the failed step) with CRYPTO_DATA and ETL_RUNS unchanged.
+    ``local_file`` is the gzip'd processed CSV holding ``row_count`` data rows. ``reconnect``
+    opens a new connection to the same account; it is called only if the COMMIT statement
+    fails, to find out on a new session whether the commit happened all the same.
+
+    Raises ValidationError for bad arguments, and LoadError naming the failed step; its message
+    says what changed: "rolled back"/"did not commit" (CRYPTO_DATA and ETL_RUNS unchanged) or
+    "UNKNOWN" (COMMIT failed and no new session could check; a retry is safe, as a load replaces
+    its snapshot whole). A COMMIT that failed but is verified on a new session is a success
+    (``LoadResult.commit_reply_lost``).
     """
     validate_snapshot_id(snapshot_id)
     if isinstance(row_count, bool) or not isinstance(row_count, int) or row_count < 0:
@@ -244,8 +304,12 @@ def load_snapshot(
     staging = f"CRYPTO_DATA_STAGING_{suffix}"
     timings: dict[str, float] = {}
 
-    with conn.cursor() as cur:
+    session = _Session()
+    with _cursor(conn, f"load snapshot {snapshot_id}") as cur:
         try:
+            # The session's temporary staging objects go to the target schema, which is current
+            # even if the connection named another (or none: it was created just now).
+            _run(cur, sql.use_schema(names), timings, snapshot_id)
             result = _load(
                 cur,
                 local_file=local_file,
@@ -256,11 +320,14 @@ def load_snapshot(
                 staging=staging,
                 stage=f"CRYPTO_ETL_LOAD_{suffix}",
                 timings=timings,
+                reconnect=reconnect,
+                session=session,
             )
         finally:
             # Best effort (Snowflake drops temporary objects with the session anyway).
-            with contextlib.suppress(SnowflakeError):
-                _execute(cur, sql.drop_staging_table(staging), timings)
+            if not session.lost:
+                with contextlib.suppress(*_DB_ERRORS):
+                    _execute(cur, sql.drop_staging_table(staging), timings)
     logger.info(
         "snapshot loaded",
         extra={
@@ -268,10 +335,18 @@ def load_snapshot(
             "rows_inserted": result.rows_inserted,
             "rows_replaced": result.rows_replaced,
             "table": result.table,
+            "commit_reply_lost": result.commit_reply_lost,
             "timings": timings,
         },
     )
     return result
+
+
+@dataclass
+class _Session:
+    """Whether the load's session stopped answering (then no more statements are sent)."""
+
+    lost: bool = False
 
 
 def _load(
@@ -285,6 +360,8 @@ def _load(
     staging: str,
     stage: str,
     timings: dict[str, float],
+    reconnect: Callable[[], Any] | None,
+    session: _Session,
 ) -> LoadResult:
     load_started_at = datetime.now(UTC).isoformat()
     basis = _stage_and_check(
@@ -315,28 +392,43 @@ def _load(
             rows_replaced=int(existing),
             dominance_basis=basis,
         )
-        steps += [sql.insert_run(names, values), sql.COMMIT]
+        steps.append(sql.insert_run(names, values))
         for step in steps:
             _execute(cur, step, timings)
     except BaseException as exc:
-        _rollback(cur, snapshot_id)
-        if isinstance(exc, SnowflakeError):
+        if _rollback(cur, snapshot_id):
+            logger.warning("load transaction rolled back", extra={"snapshot": snapshot_id})
+        if isinstance(exc, _DB_ERRORS):
             raise LoadError(
                 f"load step {step.label!r} failed for snapshot {snapshot_id}:"
                 f" {_one_line(exc)}; the transaction was rolled back"
                 " (CRYPTO_DATA and ETL_RUNS unchanged)"
             ) from exc
         raise
+    commit_reply_lost = _commit(
+        cur,
+        names=names,
+        snapshot_id=snapshot_id,
+        loaded_at=loaded_at,
+        reconnect=reconnect,
+        session=session,
+        timings=timings,
+    )
 
     # Autocommit from here. The snapshot is committed, so a failure of the (idempotent) asset
     # MERGE must not fail the execution and alert "nothing changed": it is logged, reported as
     # asset_dim_error, and the next load of any snapshot converges the dimension.
     merged: list[tuple[Any, ...]] = []
     asset_dim_error: str | None = None
-    try:
-        merged = _execute(cur, sql.merge_asset_dim(names, staging), timings)
-    except SnowflakeError as exc:
-        asset_dim_error = _one_line(exc)
+    if session.lost:
+        # The staging table lived in that session: nothing to merge from.
+        asset_dim_error = "skipped: the load's session was lost after the commit"
+    else:
+        try:
+            merged = _execute(cur, sql.merge_asset_dim(names, staging), timings)
+        except _DB_ERRORS as exc:
+            asset_dim_error = _one_line(exc)
+    if asset_dim_error:
         logger.warning(
             "asset dimension merge failed after the snapshot was committed",
             extra={"snapshot": snapshot_id, "error": asset_dim_error},
@@ -351,15 +443,87 @@ def _load(
         assets_merged=sum(int(v or 0) for v in merged[0]) if merged else 0,
         asset_dim_error=asset_dim_error,
         timings=timings,
+        commit_reply_lost=commit_reply_lost,
     )
 
 
-def _rollback(cur: Any, snapshot_id: str) -> None:
+def _commit(
+    cur: Any,
+    *,
+    names: Names,
+    snapshot_id: str,
+    loaded_at: str,
+    reconnect: Callable[[], Any] | None,
+    session: _Session,
+    timings: dict[str, float],
+) -> bool:
+    """COMMIT; if it raises, find out whether it committed. True = committed, reply lost.
+
+    The failed session cannot tell (it would see its own uncommitted rows), so a new session
+    looks for the ETL_RUNS row this attempt wrote (its LOADED_AT is unique to the attempt).
+    """
+    try:
+        _execute(cur, sql.COMMIT, timings)
+        return False
+    except _DB_ERRORS as exc:
+        commit_error = _one_line(exc)
+        cause: BaseException = exc
+    # Discards the transaction if it is still open (a no-op if it committed), so it cannot
+    # commit after the check; failing means the session is gone (Snowflake aborts its
+    # transaction).
+    if not _rollback(cur, snapshot_id):
+        session.lost = True
+    where = f"for snapshot {snapshot_id} ({commit_error})"
+    unknown = (
+        f"; CRYPTO_DATA and ETL_RUNS may or may not hold this load (its ETL_RUNS row would have"
+        f" SNAPSHOT_ID '{snapshot_id}' and LOADED_AT {loaded_at}). A retry is safe: a load"
+        " replaces its snapshot whole (idempotent per snapshot)"
+    )
+    if reconnect is None:
+        raise LoadError(
+            f"COMMIT failed {where} and its outcome is UNKNOWN: no way to open a new session"
+            f" to check was given{unknown}"
+        ) from cause
+    try:
+        found = _count_on_new_session(reconnect, sql.find_run(names, snapshot_id, loaded_at))
+    except Exception as exc:  # whatever reconnect raises: the outcome stays unknown
+        raise LoadError(
+            f"COMMIT failed {where} and its outcome is UNKNOWN: checking ETL_RUNS on a new"
+            f" session failed ({_one_line(exc)}){unknown}"
+        ) from cause
+    if not found:
+        raise LoadError(
+            f"COMMIT failed {where} and the transaction did not commit (a new session finds"
+            f" no ETL_RUNS row with this attempt's LOADED_AT {loaded_at}): CRYPTO_DATA and"
+            " ETL_RUNS unchanged"
+        ) from cause
+    logger.warning(
+        "the COMMIT reply was lost but the commit is verified on a new session",
+        extra={"snapshot": snapshot_id, "loaded_at": loaded_at, "error": commit_error},
+    )
+    return True
+
+
+def _count_on_new_session(reconnect: Callable[[], Any], stmt: Statement) -> int:
+    """Run a one-number query on a new connection (closed afterwards)."""
+    conn = reconnect()
+    try:
+        with conn.cursor() as cur:
+            ((count,),) = _execute(cur, stmt, {})
+            return int(count)
+    finally:
+        with contextlib.suppress(*_DB_ERRORS):
+            conn.close()
+
+
+def _rollback(cur: Any, snapshot_id: str) -> bool:
+    """ROLLBACK (a no-op outside a transaction); False when the session did not answer."""
     try:
         cur.execute(sql.ROLLBACK.sql)
-    except SnowflakeError as exc:  # the session may be gone: Snowflake aborts it anyway
-        logger.warning("rollback failed", extra={"error": _one_line(exc)})
-    logger.warning("load transaction rolled back", extra={"snapshot": snapshot_id})
+    except _DB_ERRORS as exc:  # the session may be gone: Snowflake aborts it anyway
+        logger.warning("rollback failed", extra={"snapshot": snapshot_id, "error": _one_line(exc)})
+        return False
+    return True
 
 
 def _run_values(run: RunInfo, **load: Any) -> dict[str, Any]:

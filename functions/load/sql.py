@@ -14,7 +14,9 @@ functions. Not used because the emulator lacks them: ``DROP STAGE``, ``TO_CHAR``
 ``TO_TIMESTAMP_TZ(NULL)`` (use ``CAST``), ``COPY`` of a header-only file or with
 ``FILES=/PATTERN=/ON_ERROR=CONTINUE``, ``GET_DDL``, ``QUERY_HISTORY``. Without ``FORCE`` the
 emulator skips a file name it loaded before into a table of the same name (its load history is
-keyed by names), so a retried load would copy nothing.
+keyed by names), so a retried load would copy nothing. The COPY's ``TIMESTAMP_FORMAT`` and
+``DATE_FORMAT`` are real-Snowflake options the emulator lacks: the local warehouse
+(``local_mode/warehouse.py``) accepts these values (and ``AUTO``) and refuses any other.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from functions.common.errors import ValidationError
-from functions.common.schema import PROCESSED_COLUMNS
+from functions.common.schema import PROCESSED_COLUMNS, TIMESTAMP_FORMAT
 from functions.load.config import DEFAULT_DATABASE, DEFAULT_SCHEMA, validate_identifier
 
 CRYPTO_DATA = "CRYPTO_DATA"
@@ -82,6 +84,54 @@ _RUN_CASTS = {
 }
 
 _SAFE_PATH_RE = re.compile(r"^/[A-Za-z0-9_./+\-]+$")
+
+# strftime directive -> Snowflake format element (docs.snowflake.com/en/sql-reference/
+# date-time-input-output, "Supported formats"; FF6 = 6 fractional digits).
+_SNOWFLAKE_ELEMENTS = {
+    "%Y": "YYYY",
+    "%m": "MM",
+    "%d": "DD",
+    "%H": "HH24",
+    "%M": "MI",
+    "%S": "SS",
+    "%f": "FF6",
+}
+_UTC_SUFFIX = "+00:00"  # the processed file writes UTC as a literal offset
+
+
+def snowflake_datetime_format(strftime_format: str) -> str:
+    """The Snowflake format string that reads text written with ``strftime_format``.
+
+    Supports the directives in ``_SNOWFLAKE_ELEMENTS``, the separators ``- : . /`` and space,
+    and a trailing literal ``+00:00`` (read as ``TZH:TZM``). Raises ValueError for anything else,
+    so a change of ``functions.common.schema.TIMESTAMP_FORMAT`` cannot silently unpin the COPY.
+    """
+    body, tz = strftime_format, ""
+    if body.endswith(_UTC_SUFFIX):
+        body, tz = body[: -len(_UTC_SUFFIX)], "TZH:TZM"
+    out, i = [], 0
+    while i < len(body):
+        if body[i] == "%":
+            directive = body[i : i + 2]
+            if directive not in _SNOWFLAKE_ELEMENTS:
+                raise ValueError(
+                    f"no Snowflake format element for {directive!r} in {strftime_format!r}"
+                )
+            out.append(_SNOWFLAKE_ELEMENTS[directive])
+            i += 2
+        elif body[i] in "-:./ ":
+            out.append(body[i])
+            i += 1
+        else:
+            raise ValueError(f"unsupported literal {body[i]!r} in {strftime_format!r}")
+    return "".join(out) + tz
+
+
+# How the processed file writes timestamps and dates (functions.common.schema), pinned in the
+# COPY so an account- or user-level TIMESTAMP_INPUT_FORMAT / DATE_INPUT_FORMAT cannot change
+# how they are read.
+COPY_TIMESTAMP_FORMAT = snowflake_datetime_format(TIMESTAMP_FORMAT)
+COPY_DATE_FORMAT = snowflake_datetime_format("%Y-%m-%d")
 
 
 @dataclass(frozen=True)
@@ -178,6 +228,30 @@ def expected_columns(table: str) -> tuple[str, ...]:
             "FIRST_SNAPSHOT_ID", "LAST_SNAPSHOT_ID", "LAST_MARKET_CAP_RANK",
         )  # fmt: skip
     raise ValueError(table)
+
+
+def schema_exists(n: Names) -> Statement:
+    """One row: how many schemas named ``n.schema`` the database shows this role (0 or 1).
+
+    Fails with "does not exist or not authorized" (errno 2003) when the database does not exist
+    or this role cannot use it.
+    """
+    return Statement(
+        "check schema",
+        f"SELECT COUNT(*) FROM {n.database}.INFORMATION_SCHEMA.SCHEMATA"
+        " WHERE SCHEMA_NAME = %(schema)s",
+        {"schema": n.schema},
+    )
+
+
+def create_schema(n: Names) -> Statement:
+    """The target schema (the database itself must exist: creating one needs an admin)."""
+    return Statement("create schema", f"CREATE SCHEMA IF NOT EXISTS {n.database}.{n.schema}")
+
+
+def use_schema(n: Names) -> Statement:
+    """Make the target schema current, where the session's temporary staging objects go."""
+    return Statement("use schema", f"USE SCHEMA {n.database}.{n.schema}")
 
 
 def create_tables(n: Names) -> list[Statement]:
@@ -354,7 +428,8 @@ def put_file(local_file: Path, stage: str) -> Statement:
 
 
 def copy_into_staging(table: str, stage: str) -> Statement:
-    """CSV with a header row, NULL = empty field; FORCE so a retry reloads a staged file."""
+    """CSV with a header row, NULL = empty field, text quoted or not, the file's timestamp and
+    date formats pinned; FORCE so a retry reloads a staged file."""
     return Statement(
         "copy into staging",
         f"COPY INTO {validate_identifier(table, 'staging table')}"
@@ -363,7 +438,8 @@ def copy_into_staging(table: str, stage: str) -> Statement:
         " NULL_IF = ('') EMPTY_FIELD_AS_NULL = TRUE COMPRESSION = GZIP"
         # pandas writes a backslash unquoted and unescaped; Snowflake's default escape for
         # unenclosed fields is '\\', which would swallow the next delimiter.
-        " ESCAPE_UNENCLOSED_FIELD = NONE)"
+        " ESCAPE_UNENCLOSED_FIELD = NONE"
+        f" TIMESTAMP_FORMAT = '{COPY_TIMESTAMP_FORMAT}' DATE_FORMAT = '{COPY_DATE_FORMAT}')"
         " ON_ERROR = ABORT_STATEMENT FORCE = TRUE",
     )
 
@@ -402,6 +478,20 @@ def count_existing(n: Names, staging: str, snapshot_id: str) -> Statement:
         f" (SELECT COUNT(*) FROM {stg} AS S LEFT JOIN {data} AS D"
         " ON D.SNAPSHOT_ID = %(snapshot_id)s AND D.COIN_ID = S.COIN_ID WHERE D.COIN_ID IS NULL)",
         {"snapshot_id": snapshot_id},
+    )
+
+
+def find_run(n: Names, snapshot_id: str, loaded_at: str) -> Statement:
+    """One row: how many ETL_RUNS rows this load attempt wrote (0 or 1).
+
+    ``loaded_at`` (ISO-8601 text, microseconds) is stamped once per attempt, so it tells this
+    attempt's committed row from any earlier load of the snapshot.
+    """
+    return Statement(
+        "check commit",
+        f"SELECT COUNT(*) FROM {n.q(ETL_RUNS)} WHERE SNAPSHOT_ID = %(snapshot_id)s"
+        " AND LOADED_AT = CAST(%(loaded_at)s AS TIMESTAMP_TZ)",
+        {"snapshot_id": snapshot_id, "loaded_at": loaded_at},
     )
 
 

@@ -59,7 +59,13 @@ def test_password_config_with_defaults_and_local_overrides():
     assert cfg.role is None
     kwargs = connect_kwargs(cfg)
     assert kwargs["password"] == "pw" and "private_key" not in kwargs
-    assert kwargs["session_parameters"] == {"FAKESNOW_DB_PATH": "/x"}
+    assert kwargs["session_parameters"] == {
+        "STATEMENT_TIMEOUT_IN_SECONDS": 300,
+        "LOCK_TIMEOUT": 60,
+        "TIMESTAMP_INPUT_FORMAT": "AUTO",
+        "DATE_INPUT_FORMAT": "AUTO",
+        "FAKESNOW_DB_PATH": "/x",
+    }
     assert kwargs["port"] == 8123 and "role" not in kwargs
 
 
@@ -204,3 +210,45 @@ def test_secret_created_without_a_value_reads_as_empty(secrets):
     arn = secrets.create_secret(Name="sf-empty")["ARN"]
     with pytest.raises(ConfigError, match=r"is empty .* fill it with JSON"):
         SnowflakeConfig.from_env({"SNOWFLAKE_SECRET_ARN": arn})
+
+
+def test_statement_and_lock_timeouts_are_set_on_every_session():
+    env = {**BASE_ENV, "SNOWFLAKE_PASSWORD": "pw"}
+    cfg = SnowflakeConfig.from_env(
+        {
+            **env,
+            "SNOWFLAKE_STATEMENT_TIMEOUT_SECONDS": "120",
+            "SNOWFLAKE_LOCK_TIMEOUT_SECONDS": "0",
+        }
+    )
+    assert (cfg.statement_timeout_seconds, cfg.lock_timeout_seconds) == (120, 0)
+    params = connect_kwargs(cfg)["session_parameters"]
+    assert (params["STATEMENT_TIMEOUT_IN_SECONDS"], params["LOCK_TIMEOUT"]) == (120, 0)
+    assert cfg.describe()["lock_timeout_seconds"] == 0
+    for var, bad, why in (
+        ("SNOWFLAKE_STATEMENT_TIMEOUT_SECONDS", "604801", "outside"),
+        ("SNOWFLAKE_STATEMENT_TIMEOUT_SECONDS", "-1", "outside"),
+        ("SNOWFLAKE_LOCK_TIMEOUT_SECONDS", "1m", "not an integer"),
+    ):
+        with pytest.raises(ConfigError, match=why) as err:
+            SnowflakeConfig.from_env({**env, var: bad})
+        assert err.value.name == var
+    with pytest.raises(ConfigError, match="SNOWFLAKE_LOCK_TIMEOUT_SECONDS") as err:
+        SnowflakeConfig(account="a", user="u", password="p", lock_timeout_seconds=-5)
+    assert err.value.name == "SNOWFLAKE_LOCK_TIMEOUT_SECONDS"
+
+
+@pytest.mark.parametrize(
+    ("key", "hint"),
+    [
+        ("lock_timeout", "use SNOWFLAKE_LOCK_TIMEOUT_SECONDS"),
+        ("STATEMENT_TIMEOUT_IN_SECONDS", "use SNOWFLAKE_STATEMENT_TIMEOUT_SECONDS"),
+        ("TIMESTAMP_INPUT_FORMAT", "pins it to AUTO"),
+        ("date_input_format", "pins it to AUTO"),
+    ],
+)
+def test_session_parameters_json_cannot_override_what_the_load_sets(key, hint):
+    env = {**BASE_ENV, "SNOWFLAKE_PASSWORD": "pw"}
+    with pytest.raises(ConfigError, match=hint) as err:
+        SnowflakeConfig.from_env({**env, "SNOWFLAKE_SESSION_PARAMETERS": json.dumps({key: 1})})
+    assert err.value.name == "SNOWFLAKE_SESSION_PARAMETERS"

@@ -17,7 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from snowflake.connector.errors import OperationalError
 
+from functions.common import keys
 from functions.common.errors import LoadError, ValidationError
 from functions.common.schema import COLUMN_NAMES, TIMESTAMP_FORMAT
 from functions.common.storage import LocalStorage
@@ -178,6 +180,7 @@ def test_load_writes_typed_rows_run_log_and_asset_dim(conn, names, tmp_path):
         " FROM CRYPTO_DATA WHERE COIN_ID = 'odd,coin'",
     )
     assert odd == ('Name, with "quotes"', 1.5e-8, 0.0, True, True, True, True, True)
+    assert q(conn, "SELECT ATH_DATE FROM CRYPTO_DATA WHERE COIN_ID = 'odd,coin'") == [(None,)]
     # The run log row (one SUCCEEDED row with the load's and the event's counts).
     runs = q(
         conn,
@@ -452,23 +455,213 @@ def test_a_table_from_an_older_version_is_reported(cfg, names):
         c.close()
 
 
+# --- the schema, and the database an admin must create ----------------------------------------
+
+
+def test_ensure_objects_creates_a_missing_schema_and_the_load_uses_it(cfg, tmp_path):
+    c = connect(cfg)  # a session on the test's own schema; the target is another one
+    target = Names(cfg.database, f"{cfg.schema}_NEW")
+    schemata = (
+        f"SELECT COUNT(*) FROM {cfg.database}.INFORMATION_SCHEMA.SCHEMATA WHERE SCHEMA_NAME = %(s)s"
+    )
+    try:
+        assert q(c, schemata, {"s": target.schema}) == [(0,)]
+        ensure_objects(c, target)
+        assert q(c, schemata, {"s": target.schema}) == [(1,)]
+        ensure_objects(c, target)  # idempotent
+        path = write_processed(tmp_path / "n.csv.gz", [coin(x, "n1", T1) for x in "ab"])
+        res = load_snapshot(c, local_file=path, snapshot_id="n1", row_count=2, names=target)
+        assert res.table == target.q("CRYPTO_DATA")
+        assert q(c, f"SELECT COUNT(*) FROM {target.q('CRYPTO_DATA')}") == [(2,)]
+    finally:
+        c.close()
+
+
+def test_a_missing_database_is_reported_for_an_admin_to_create(conn):
+    with pytest.raises(LoadError) as err:
+        ensure_objects(conn, Names("NO_SUCH_DB", "PUBLIC"))
+    message = str(err.value)
+    assert "database NO_SUCH_DB does not exist or this role cannot use it" in message
+    assert "an admin must CREATE DATABASE NO_SUCH_DB" in message
+
+
+# --- COMMIT fails: report what really happened ------------------------------------------------
+
+
+class _Cursor:
+    """A real cursor whose COMMIT raises as if the connection dropped (optionally after it ran)."""
+
+    def __init__(self, cur: Any, commit_applied: bool) -> None:
+        self._cur = cur
+        self._commit_applied = commit_applied
+
+    def execute(self, statement: str, params: Any = None) -> Any:
+        if statement.strip().upper() == "COMMIT":
+            if self._commit_applied:
+                self._cur.execute(statement)
+            raise OperationalError(msg="connection reset by peer while reading the reply")
+        return self._cur.execute(statement, params)
+
+    def __enter__(self) -> _Cursor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._cur.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._cur, name)
+
+
+class _CommitFails:
+    """A real connection whose cursors' COMMIT fails (see _Cursor)."""
+
+    def __init__(self, conn: Any, *, commit_applied: bool) -> None:
+        self._conn = conn
+        self._commit_applied = commit_applied
+
+    def cursor(self) -> _Cursor:
+        return _Cursor(self._conn.cursor(), self._commit_applied)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._conn, name)
+
+
+def test_a_commit_whose_reply_is_lost_is_verified_on_a_new_session(cfg, conn, names, tmp_path):
+    path = write_processed(tmp_path / "c.csv.gz", [coin(x, "c1", T1) for x in "abc"])
+    reconnects: list[Any] = []
+
+    def reconnect() -> Any:
+        reconnects.append(connect(cfg))
+        return reconnects[-1]
+
+    res = load_snapshot(_CommitFails(conn, commit_applied=True), local_file=path,
+                        snapshot_id="c1", row_count=3, names=names,
+                        run=RunInfo(execution_id="e1"), reconnect=reconnect)  # fmt: skip
+    assert res.commit_reply_lost is True
+    assert (res.rows_inserted, res.rows_replaced, res.asset_dim_error) == (3, 0, None)
+    assert len(reconnects) == 1
+    assert q(conn, "SELECT COUNT(*) FROM CRYPTO_DATA WHERE SNAPSHOT_ID = 'c1'") == [(3,)]
+    assert q(conn, "SELECT EXECUTION_ID, ROWS_LOADED FROM ETL_RUNS") == [("e1", 3)]
+    assert q(conn, "SELECT COUNT(*) FROM CRYPTO_ASSET_DIM") == [(3,)]
+
+
+def test_a_commit_that_did_not_happen_is_reported_unchanged(cfg, conn, names, loaded, tmp_path):
+    path = write_processed(tmp_path / "c.csv.gz", [coin(x, "s1", T1, current_price=5.0)
+                                                   for x in "abcd"])  # fmt: skip
+    with pytest.raises(LoadError) as err:
+        load_snapshot(_CommitFails(conn, commit_applied=False), local_file=path,
+                      snapshot_id="s1", row_count=4, names=names,
+                      run=RunInfo(execution_id="e2"), reconnect=lambda: connect(cfg))  # fmt: skip
+    message = str(err.value)
+    assert "COMMIT failed for snapshot s1" in message
+    assert "connection reset by peer" in message
+    assert "the transaction did not commit" in message
+    assert "CRYPTO_DATA and ETL_RUNS unchanged" in message
+    assert "UNKNOWN" not in message
+    assert snapshot_state(conn) == loaded
+    # The session is usable afterwards and the same load then succeeds.
+    res = load_snapshot(conn, local_file=path, snapshot_id="s1", row_count=4, names=names,
+                        run=RunInfo(execution_id="e2"))  # fmt: skip
+    assert (res.rows_inserted, res.rows_replaced, res.commit_reply_lost) == (1, 3, False)
+
+
+def _no_new_session() -> Any:
+    raise LoadError("cannot connect to Snowflake: the network is down")
+
+
+@pytest.mark.parametrize("reconnect", [None, _no_new_session], ids=["none", "failing"])
+def test_a_commit_that_cannot_be_checked_is_reported_unknown(
+    conn, names, loaded, tmp_path, reconnect
+):
+    """The COMMIT ran, so saying "rolled back, unchanged" would be false."""
+    path = write_processed(tmp_path / "c.csv.gz", [coin(x, "s1", T1, current_price=5.0)
+                                                   for x in "abcd"])  # fmt: skip
+    kwargs = {} if reconnect is None else {"reconnect": reconnect}
+    with pytest.raises(LoadError) as err:
+        load_snapshot(_CommitFails(conn, commit_applied=True), local_file=path,
+                      snapshot_id="s1", row_count=4, names=names,
+                      run=RunInfo(execution_id="e2"), **kwargs)  # fmt: skip
+    message = str(err.value)
+    assert "COMMIT failed for snapshot s1" in message
+    assert "its outcome is UNKNOWN" in message
+    assert "A retry is safe" in message
+    assert "rolled back" not in message and "unchanged" not in message
+    if reconnect is not None:
+        assert "the network is down" in message
+    # Indeed the load is committed.
+    assert q(conn, "SELECT COUNT(*) FROM CRYPTO_DATA WHERE CURRENT_PRICE = 5.0") == [(4,)]
+    assert snapshot_state(conn) != loaded
+
+
+# --- database and network failures are LoadErrors naming the step -----------------------------
+
+
+class _FailingStatement:
+    """A real connection whose statements starting with ``prefix`` raise ``error``."""
+
+    def __init__(self, conn: Any, prefix: str, error: OSError) -> None:
+        self._conn, self._prefix, self._error = conn, prefix, error
+
+    def cursor(self) -> Any:
+        cur = self._conn.cursor()
+        real_execute = cur.execute
+
+        def execute(statement: str, params: Any = None) -> Any:
+            if statement.startswith(self._prefix):
+                raise self._error
+            return real_execute(statement, params)
+
+        cur.execute = execute
+        return cur
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._conn, name)
+
+
+@pytest.mark.parametrize(
+    ("prefix", "error", "step"),
+    [
+        ("PUT ", FileNotFoundError(2, "No such file or directory"), "'put file'"),
+        ("COPY INTO", ConnectionResetError(104, "Connection reset by peer"), "'copy into"),
+        ("INSERT INTO CRYPTO_ETL_DB", ConnectionResetError(104, "Connection reset by peer"),
+         "'insert snapshot'"),
+    ],
+)  # fmt: skip
+def test_os_errors_become_load_errors_naming_the_step(
+    conn, names, loaded, tmp_path, prefix, error, step
+):
+    path = write_processed(tmp_path / "o.csv.gz", [coin(x, "s1", T1, current_price=2.0)
+                                                   for x in "abcd"])  # fmt: skip
+    with pytest.raises(LoadError) as err:
+        load_snapshot(_FailingStatement(conn, prefix, error), local_file=path,
+                      snapshot_id="s1", row_count=4, names=names)  # fmt: skip
+    assert f"load step {step}" in str(err.value)
+    assert type(error).__name__ in str(err.value)
+    assert snapshot_state(conn) == loaded
+
+
 # --- the handler: event validation, download, connect, ensure, load ----------------------------
+
+
+RUN_ID = "r1"
 
 
 def _event(snapshot_id: str = "h1", row_count: int = 2, **extra: Any) -> dict[str, Any]:
     return {
         "snapshot_id": snapshot_id,
+        "run_id": RUN_ID,
+        "partition_date": "2024-05-01",
         "execution_id": f"arn:aws:states:us-east-1:123456789012:execution:sm:{snapshot_id}",
         "fetched_at": "2024-05-01T12:00:00.123456Z",
         "fetch_date": "2024-05-01",
         "vs_currency": "usd",
         "bucket": BUCKET,
-        "raw_prefix": f"raw/dt=2024-05-01/snapshot={snapshot_id}/",
+        "raw_prefix": keys.raw_prefix(snapshot_id, date(2024, 5, 1), RUN_ID),
         "pages": 1,
         "coin_count": row_count,
         "api_calls": 2,
         "retries": 0,
-        "processed_key": f"processed/dt=2024-05-01/snapshot={snapshot_id}/crypto_data.csv.gz",
+        "processed_key": keys.processed_key(snapshot_id, date(2024, 5, 1), RUN_ID),
         "rejected_key": None,
         "row_count": row_count,
         "rejected_count": 0,
@@ -496,7 +689,8 @@ def test_handler_loads_the_processed_file_and_returns_the_contract(
     out = load_handler.handler(event, lambda_context)
     assert out == {**event, "rows_inserted": 2, "rows_replaced": 0,
                    "table": f"CRYPTO_ETL_DB.{cfg.schema}.CRYPTO_DATA",
-                   "asset_dim_merged": True}  # fmt: skip
+                   "asset_dim_merged": True,
+                   "snapshot_index_key": keys.snapshot_index_key("h1")}  # fmt: skip
     out = load_handler.handler(event, lambda_context)
     assert (out["rows_inserted"], out["rows_replaced"]) == (0, 2)
     c = connect(cfg)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from functions.common.errors import ConfigError, ValidationError
-from functions.common.schema import COLUMN_NAMES
+from functions.common.schema import COLUMN_NAMES, TIMESTAMP_FORMAT
 from functions.load import sql
 from functions.load.sql import Names
 
@@ -105,3 +105,34 @@ def test_views_script_follows_database_and_schema():
     script = sql.views_script("OTHER_DB", "REPORTING")
     assert "CRYPTO_ETL_DB" not in script
     assert "FROM OTHER_DB.REPORTING.CRYPTO_DATA" in script
+
+
+def test_copy_pins_the_processed_files_timestamp_and_date_formats():
+    copy = sql.copy_into_staging("STG", "STAGE_1").sql
+    assert "TIMESTAMP_FORMAT = 'YYYY-MM-DD HH24:MI:SS.FF6TZH:TZM'" in copy
+    assert "DATE_FORMAT = 'YYYY-MM-DD'" in copy
+    # Derived from the writer's format, so a change there cannot silently unpin the COPY.
+    assert sql.snowflake_datetime_format(TIMESTAMP_FORMAT) == sql.COPY_TIMESTAMP_FORMAT
+    assert sql.snowflake_datetime_format("%d/%m/%Y %H:%M") == "DD/MM/YYYY HH24:MI"
+    for unsupported in ("%Y-%m-%dT%H:%M:%S", "%b %d %Y", "%Y-%m-%d %H:%M:%S%z"):
+        with pytest.raises(ValueError, match=r"unsupported|no Snowflake format element"):
+            sql.snowflake_datetime_format(unsupported)
+
+
+def test_schema_statements_create_only_the_schema():
+    n = Names("analytics_db", "crypto")
+    assert sql.create_schema(n).sql == "CREATE SCHEMA IF NOT EXISTS ANALYTICS_DB.CRYPTO"
+    assert sql.use_schema(n).sql == "USE SCHEMA ANALYTICS_DB.CRYPTO"
+    check = sql.schema_exists(n)
+    assert check.sql.startswith("SELECT COUNT(*) FROM ANALYTICS_DB.INFORMATION_SCHEMA.SCHEMATA")
+    assert check.params == {"schema": "CRYPTO"}
+    assert "CREATE DATABASE" not in sql.create_schema(n).sql
+
+
+def test_the_commit_check_finds_this_attempts_run_row_by_bound_values():
+    stmt = sql.find_run(Names(), "s1", "2024-05-01T12:00:00.123456+00:00")
+    assert stmt.sql == (
+        "SELECT COUNT(*) FROM CRYPTO_ETL_DB.PUBLIC.ETL_RUNS WHERE SNAPSHOT_ID = %(snapshot_id)s"
+        " AND LOADED_AT = CAST(%(loaded_at)s AS TIMESTAMP_TZ)"
+    )
+    assert stmt.params == {"snapshot_id": "s1", "loaded_at": "2024-05-01T12:00:00.123456+00:00"}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import signal
@@ -9,10 +10,13 @@ import socket
 import subprocess
 import sys
 import time
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import pytest
+from snowflake.connector.errors import ProgrammingError
 
+from functions.load import sql
 from functions.load.config import SnowflakeConfig
 from local_mode.warehouse import LocalWarehouse, LocalWarehouseError
 
@@ -164,3 +168,70 @@ def test_the_server_exits_when_its_parent_is_killed(tmp_path: Path):
     with LocalWarehouse(tmp_path / "wh") as wh:
         _exec(wh, "CREATE TABLE T (A INT)")
         assert _count(wh) == 0
+
+
+def _fetch(wh: LocalWarehouse, statement: str) -> list[tuple]:
+    conn = wh.connect()
+    try:
+        with conn.cursor() as cur:
+            cur.execute(statement)
+            return [tuple(r) for r in cur.fetchall()]
+    finally:
+        conn.close()
+
+
+def test_a_null_timestamp_is_fetched_as_none_and_a_real_epoch_as_1970(tmp_path: Path):
+    """The emulator used to send a NULL timestamp as epoch 0, read back as 1970-01-01."""
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
+    ath = datetime(2021, 11, 10, 14, 24, 11, 849000, tzinfo=UTC)
+    with LocalWarehouse(tmp_path / "wh") as wh:
+        _exec(
+            wh,
+            "CREATE TABLE T (N INT, TZ TIMESTAMP_TZ, NTZ TIMESTAMP_NTZ, LTZ TIMESTAMP_LTZ, D DATE)",
+            "INSERT INTO T VALUES (1, NULL, NULL, NULL, NULL),"
+            " (2, '1970-01-01 00:00:00+00:00', '1970-01-01 00:00:00',"
+            " '1970-01-01 00:00:00+00:00', '1970-01-01'),"
+            " (3, '2021-11-10 14:24:11.849+00:00', '2021-11-10 14:24:11.849',"
+            " '2021-11-10 14:24:11.849+00:00', '2021-11-10')",
+        )
+        assert _fetch(wh, "SELECT * FROM T ORDER BY N") == [
+            (1, None, None, None, None),
+            (2, epoch, epoch.replace(tzinfo=None), epoch, date(1970, 1, 1)),
+            (3, ath, ath.replace(tzinfo=None), ath, date(2021, 11, 10)),
+        ]
+        # Computed NULLs too, in any query.
+        assert _fetch(wh, "SELECT CAST(NULL AS TIMESTAMP_TZ), MAX(TZ) FROM T WHERE N = 1") == [
+            (None, None)
+        ]
+
+
+def test_copy_accepts_the_loads_pinned_formats_and_refuses_others(tmp_path: Path):
+    """Real Snowflake gets TIMESTAMP_FORMAT/DATE_FORMAT; the emulator honours exactly those."""
+    data = tmp_path / "f.csv.gz"
+    data.write_bytes(
+        gzip.compress(
+            b'ts,d,s\n2024-05-01 12:00:00.123456+00:00,2024-05-01,"quoted, text"\n,,plain\n'
+        )
+    )
+    with LocalWarehouse(tmp_path / "wh") as wh:
+        conn = wh.connect()
+        try:
+            with conn.cursor() as cur:
+                cur.execute("CREATE TABLE T (TS TIMESTAMP_TZ, D DATE, S VARCHAR)")
+                cur.execute("CREATE TEMPORARY STAGE S1")
+                cur.execute(sql.put_file(data, "S1").sql)
+                copy = sql.copy_into_staging("T", "S1").sql
+                assert f"TIMESTAMP_FORMAT = '{sql.COPY_TIMESTAMP_FORMAT}'" in copy
+                cur.execute(copy)
+                cur.execute("SELECT TS, D, S FROM T ORDER BY S")
+                assert [tuple(r) for r in cur.fetchall()] == [
+                    (None, None, "plain"),
+                    (datetime(2024, 5, 1, 12, 0, 0, 123456, tzinfo=UTC), date(2024, 5, 1),
+                     "quoted, text"),
+                ]  # fmt: skip
+                other = copy.replace(sql.COPY_TIMESTAMP_FORMAT, "DD/MM/YYYY HH24:MI")
+                with pytest.raises(ProgrammingError, match="not emulated") as err:
+                    cur.execute(other)
+                assert "TIMESTAMP_FORMAT = 'DD/MM/YYYY HH24:MI'" in str(err.value)
+        finally:
+            conn.close()
