@@ -15,6 +15,7 @@ shifting between pages (duplicate ids) and a few rows to reject.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import resource
@@ -34,6 +35,7 @@ from functions.transform.handler import run as handler_run
 from functions.transform.transform import transform
 
 SNAPSHOT = "bench-transform"
+RUN = "bench-run"
 DAY = date(2026, 11, 23)
 FETCHED_AT = "2026-11-23T08:00:00+00:00"
 
@@ -173,22 +175,32 @@ def main(argv: list[str] | None = None) -> None:
 
     with tempfile.TemporaryDirectory(prefix="transform-bench-") as tmp:
         lake = LocalStorage(tmp, bucket="crypto-etl-bench")
-        prefix = keys.raw_prefix(SNAPSHOT, DAY)
+        prefix = keys.raw_prefix(SNAPSHOT, DAY, RUN)
         entries = []
         for n, body in enumerate(bodies, start=1):
             lake.put_bytes(keys.page_key(prefix, n), body)
-            entries.append({"page": n, "key": keys.page_key(prefix, n), "count": len(pages[n - 1])})
+            entries.append(
+                {
+                    "page": n,
+                    "key": keys.page_key(prefix, n),
+                    "count": len(pages[n - 1]),
+                    "sha256": hashlib.sha256(body).hexdigest(),  # the handler verifies it
+                }
+            )
         put_json(lake, keys.global_key(prefix), global_body)
         put_json(lake, keys.manifest_key(prefix), {**manifest, "pages": entries})
         event = {
             "snapshot_id": SNAPSHOT,
+            "run_id": RUN,
             "fetched_at": FETCHED_AT,
             "fetch_date": DAY.isoformat(),
+            "partition_date": DAY.isoformat(),
             "vs_currency": "usd",
             "bucket": lake.bucket,
             "raw_prefix": prefix,
             "manifest_key": keys.manifest_key(prefix),
             "global_key": keys.global_key(prefix),
+            "global_error": None,
             "max_coins": args.coins * 2,
         }
         logging.getLogger("transform").setLevel(logging.WARNING)  # keep the output readable

@@ -50,4 +50,4 @@ class StorageError(CryptoEtlError):
 
 
 class LoadError(CryptoEtlError):
-    """Loading into the warehouse failed; the transaction was rolled back."""
+    """Loading into the warehouse failed; the message says whether the warehouse changed."""

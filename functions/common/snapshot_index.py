@@ -47,10 +47,11 @@ def read_index(storage: Storage, snapshot_id: str) -> dict[str, Any] | None:
 def partition_date_of(index: Mapping[str, Any], where: str) -> str:
     """The index's ``partition_date`` (YYYY-MM-DD), validated."""
     value = index.get("partition_date")
-    try:
-        return date.fromisoformat(value).isoformat() if isinstance(value, str) else ""
-    except ValueError:
-        pass
+    if isinstance(value, str):
+        try:
+            return date.fromisoformat(value).isoformat()
+        except ValueError:
+            pass
     raise ValidationError(f"{where}: partition_date", f"{value!r} is not a YYYY-MM-DD date")
 
 

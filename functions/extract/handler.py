@@ -104,7 +104,8 @@ def parse_event(event: Any) -> ExtractRequest:
         raise ValidationError(
             "execution", f"must be an object with name, id, start_time; got {execution!r}"
         )
-    name = _str_field(execution, "name", "execution")
+    # The raw name, not a stripped copy: "snap-1\n" must be refused, not quietly repaired.
+    name = keys.validate_snapshot_id(execution.get("name"), field="execution.name")
     execution_id = _str_field(execution, "id", "execution")
     raw_start = _str_field(execution, "start_time", "execution")
     try:
@@ -123,7 +124,7 @@ def parse_event(event: Any) -> ExtractRequest:
         snapshot_id = keys.validate_snapshot_id(name, field="execution.name")
 
     vs_currency = data.get("vs_currency", DEFAULT_VS_CURRENCY)
-    if not isinstance(vs_currency, str) or not _CURRENCY_RE.fullmatch(vs_currency.strip().lower()):
+    if not isinstance(vs_currency, str) or not _CURRENCY_RE.fullmatch(vs_currency.lower()):
         raise ValidationError(
             "input.vs_currency", f"{vs_currency!r} must be 1-16 letters, digits, '_' or '-'"
         )
@@ -134,7 +135,7 @@ def parse_event(event: Any) -> ExtractRequest:
         run_id=keys.run_id(name, execution_id),
         start_time=start_time,
         fetch_date=start_time.date(),
-        vs_currency=vs_currency.strip().lower(),
+        vs_currency=vs_currency.lower(),
         max_coins=_int_field(data, "max_coins", DEFAULT_MAX_COINS, 1, MAX_COINS_LIMIT),
         per_page=_int_field(data, "per_page", DEFAULT_PER_PAGE, 1, 250),
         ignored_input=tuple(sorted(str(k) for k in data if k not in _KNOWN_INPUT)),

@@ -11,6 +11,7 @@ leaves it pointing at the previous run.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from collections.abc import Callable, Mapping
@@ -182,9 +183,14 @@ def run(
                 row_count=request.row_count,
                 names=names,
                 run=request.run,
+                reconnect=lambda: connect(cfg),
             )
         finally:
-            conn.close()
+            # A dead session may fail to close: that must not hide the load's own error.
+            with contextlib.suppress(Exception):
+                conn.close()
+    if result.commit_reply_lost:
+        logger.warning("COMMIT's reply was lost; a new session found this load committed")
     index = switch_current(
         storage,
         request.snapshot_id,

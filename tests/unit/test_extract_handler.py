@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import gzip
 import hashlib
 import io
 import json
@@ -32,6 +34,12 @@ CONTRACT_KEYS = {
     "global_key",
     "pages",
     "coin_count",
+    "run_id",
+    "partition_date",
+    "global_error",
+    "stop_reason",
+    "end_confirmed",
+    "paging_warning",
     "api_calls",
     "retries",
     "max_coins",
@@ -89,15 +97,23 @@ def test_end_to_end_into_the_lake(server, tmp_path):
     lake = RecordingStorage(tmp_path / "lake")
     out = extract.run(event(max_coins=600), config=config_for(server), storage=lake)
 
-    prefix = "raw/dt=2024-05-01/snapshot=exec-0001/"
+    prefix = "raw/dt=2024-05-01/snapshot=exec-0001/run=exec-0001/"
     assert set(out) == CONTRACT_KEYS
     assert out["snapshot_id"] == "exec-0001"
     assert out["execution_id"].endswith(":exec-0001")
-    assert out["fetch_date"] == "2024-05-01"
+    assert out["run_id"] == "exec-0001"  # the execution name is key-safe
+    assert out["fetch_date"] == out["partition_date"] == "2024-05-01"
     assert out["bucket"] == "crypto-etl-test"
     assert out["raw_prefix"] == prefix
     assert out["manifest_key"] == prefix + "manifest.json"
     assert out["global_key"] == prefix + "global.json"
+    assert out["global_error"] is None
+    # max_coins reached on page 3: the end is confirmed without asking for page 4
+    assert (out["stop_reason"], out["end_confirmed"], out["paging_warning"]) == (
+        "max_coins",
+        True,
+        None,
+    )
     assert (out["pages"], out["coin_count"], out["max_coins"], out["per_page"]) == (
         3,
         600,
@@ -122,6 +138,8 @@ def test_end_to_end_into_the_lake(server, tmp_path):
 
     manifest = json.loads(lake.get_bytes(out["manifest_key"]))
     assert manifest["snapshot_id"] == "exec-0001"
+    assert (manifest["run_id"], manifest["partition_date"]) == ("exec-0001", "2024-05-01")
+    assert manifest["execution_id"] == out["execution_id"]
     assert manifest["fetched_at"] == out["fetched_at"]
     assert (manifest["vs_currency"], manifest["per_page"], manifest["max_coins"]) == (
         "usd",
@@ -136,11 +154,18 @@ def test_end_to_end_into_the_lake(server, tmp_path):
     ]
     for entry in manifest["pages"]:
         assert entry["sha256"] == hashlib.sha256(lake.get_bytes(entry["key"])).hexdigest()
-    assert manifest["global_key"] == out["global_key"]
+    assert (manifest["global_key"], manifest["global_error"]) == (out["global_key"], None)
     assert (manifest["coin_count"], manifest["api_calls"], manifest["retries"]) == (600, 4, 0)
-    assert manifest["stop_reason"] == "max_coins"
-    # pages as they arrive, then /global, the manifest last
+    assert (manifest["stop_reason"], manifest["end_confirmed"]) == ("max_coins", True)
+    assert (manifest["served_per_page"], manifest["paging_warning"]) == (None, None)
+    # The snapshot index fixes the partition date at this first run; nothing is loaded yet.
+    index = json.loads(lake.get_bytes("snapshots/exec-0001.json"))
+    assert index["snapshot_id"] == "exec-0001"
+    assert (index["partition_date"], index["current"]) == ("2024-05-01", None)
+    assert index["created_by_execution"] == out["execution_id"]
+    # the index first, pages as they arrive, then /global, the manifest last
     assert lake.writes == [
+        "snapshots/exec-0001.json",
         prefix + "markets/page-0001.json",
         prefix + "markets/page-0002.json",
         prefix + "markets/page-0003.json",
@@ -174,7 +199,8 @@ def test_input_overrides_and_defaults(server, lake):
         storage=lake,
     )
     assert out["snapshot_id"] == "manual-1"
-    assert out["raw_prefix"] == "raw/dt=2024-05-01/snapshot=manual-1/"
+    assert out["run_id"] == "exec-0001"  # the run is the execution's, the snapshot the input's
+    assert out["raw_prefix"] == "raw/dt=2024-05-01/snapshot=manual-1/run=exec-0001/"
     assert out["vs_currency"] == "eur"
     assert (out["pages"], out["coin_count"]) == (2, 150)
     assert {r.query["vs_currency"] for r in server.requests_to("/coins/markets")} == {"eur"}
@@ -209,8 +235,11 @@ def test_unknown_input_members_are_ignored(server, lake):
          "execution.start_time"),
         ({"input": {}, "execution": {"name": "bad name!", "id": "x",
                                      "start_time": "2024-01-01T00:00:00Z"}}, "execution.name"),
+        ({"input": {}, "execution": {"name": "snap-1\n", "id": "x",
+                                     "start_time": "2024-01-01T00:00:00Z"}}, "execution.name"),
         (event(snapshot_id="../escape"), "input.snapshot_id"),
         (event(snapshot_id=""), "input.snapshot_id"),
+        (event(snapshot_id="snap-1\n"), "input.snapshot_id"),
         (event(per_page=0), "input.per_page"),
         (event(per_page=251), "input.per_page"),
         (event(per_page="250"), "input.per_page"),
@@ -220,6 +249,7 @@ def test_unknown_input_members_are_ignored(server, lake):
         (event(vs_currency="us dollar"), "input.vs_currency"),
         (event(vs_currency=""), "input.vs_currency"),
         (event(vs_currency=840), "input.vs_currency"),
+        (event(vs_currency="usd\n"), "input.vs_currency"),
     ],
 )  # fmt: skip
 def test_bad_events_raise_validation_error_naming_the_field(server, lake, bad_event, field):
@@ -243,7 +273,7 @@ def test_permanent_500_fails_and_writes_no_manifest(server, lake):
     with pytest.raises(SourceUnavailableError, match="HTTP 500"):
         extract.run(event(), config=config_for(server), storage=lake)
     written = lake.list_keys("raw/")
-    assert written == ["raw/dt=2024-05-01/snapshot=exec-0001/markets/page-0001.json"]
+    assert written == ["raw/dt=2024-05-01/snapshot=exec-0001/run=exec-0001/markets/page-0001.json"]
 
 
 def test_401_fails_fast_with_the_api_message(server, lake):
@@ -252,14 +282,84 @@ def test_401_fails_fast_with_the_api_message(server, lake):
         extract.run(event(), config=config_for(server), storage=lake)
     assert not isinstance(info.value, SourceUnavailableError)
     assert len(server.requests) == 1
-    assert lake.list_keys("") == []
+    assert lake.list_keys(keys.RAW) == []
 
 
-def test_global_failure_is_an_error(server, lake):
-    server.script("/global", Scripted.error(404, "Not found", style="error"))
-    with pytest.raises(SourceError, match="Not found"):
-        extract.run(event(max_coins=10), config=config_for(server), storage=lake)
-    assert not any(k.endswith("manifest.json") for k in lake.list_keys("raw/"))
+# --- /global is auxiliary: its failure degrades the snapshot to the fetched basis -------------
+
+GLOBAL_403 = "This endpoint is temporarily unavailable"
+
+
+@pytest.fixture
+def three_coins():
+    """A market of 3 coins: page 1 holds them all, page 2 is empty (the confirmed end)."""
+    with ReplayServer.synthetic(coins=3, seed=5) as srv:
+        yield srv
+
+
+def _extract_then_transform(server: ReplayServer, lake: LocalStorage) -> tuple[dict, dict]:
+    from functions.transform.handler import run as transform
+
+    out = extract.run(event(), config=config_for(server), storage=lake)
+    return out, transform(out, storage=lake)
+
+
+def _assert_fetched_basis(lake: LocalStorage, out: dict, result: dict, *, why: str) -> None:
+    """The run succeeded without /global: recorded in contract and manifest, fetched basis."""
+    assert out["global_key"] is None
+    assert why in out["global_error"]
+    manifest = json.loads(lake.get_bytes(out["manifest_key"]))
+    assert (manifest["global_key"], manifest["global_error"]) == (None, out["global_error"])
+    assert not lake.exists(keys.global_key(out["raw_prefix"]))
+    assert (out["pages"], out["coin_count"], out["end_confirmed"]) == (2, 3, True)
+    assert (result["row_count"], result["rejected_count"]) == (3, 0)
+    assert result["quality"]["dominance_basis"] == "fetched"
+    reason = result["quality"]["dominance_basis_reason"]
+    assert "/global unavailable" in reason and why in reason
+    processed = gzip.decompress(lake.get_bytes(result["processed_key"])).decode()
+    rows = list(csv.DictReader(io.StringIO(processed)))
+    assert {r["dominance_basis"] for r in rows} == {"fetched"}
+    # the fetched basis: the 3 coins are the whole (known) market
+    assert sum(float(r["market_cap_dominance_pct"]) for r in rows) == pytest.approx(100.0)
+
+
+def test_global_403_degrades_to_the_fetched_basis(three_coins, lake):
+    three_coins.script("/global", Scripted.error(403, GLOBAL_403))
+    out, result = _extract_then_transform(three_coins, lake)
+    assert out["global_error"].startswith("SourceError: ")
+    assert "HTTP 403" in out["global_error"] and GLOBAL_403 in out["global_error"]
+    assert len(three_coins.requests_to("/global")) == 1  # a 403 is not retried
+    _assert_fetched_basis(lake, out, result, why="403")
+
+
+def test_global_503_past_the_retry_budget_degrades_to_the_fetched_basis(three_coins, lake):
+    # COINGECKO_MAX_RETRIES=2: three 503s spend the budget
+    three_coins.script("/global", *[Scripted.error(503, "busy")] * 3)
+    out, result = _extract_then_transform(three_coins, lake)
+    assert out["global_error"].startswith("SourceUnavailableError: ")
+    assert "HTTP 503" in out["global_error"]
+    assert len(three_coins.requests_to("/global")) == 3
+    assert out["retries"] == 2
+    _assert_fetched_basis(lake, out, result, why="503")
+
+
+def test_global_body_without_data_degrades_to_the_fetched_basis(three_coins, lake):
+    three_coins.script("/global", Scripted(status=200, body={"unexpected": True}))
+    out, result = _extract_then_transform(three_coins, lake)
+    assert "without a 'data' object" in out["global_error"]
+    _assert_fetched_basis(lake, out, result, why="'data'")
+
+
+def test_global_http_200_with_a_429_error_object_is_retried_as_a_rate_limit(three_coins, lake):
+    limited = {"status": {"error_code": 429, "error_message": "You've exceeded the Rate Limit"}}
+    three_coins.script("/global", Scripted(status=200, body=limited))
+    out, result = _extract_then_transform(three_coins, lake)
+    assert (out["global_error"], out["global_key"]) == (None, keys.global_key(out["raw_prefix"]))
+    assert [r.status for r in three_coins.requests_to("/global")] == [200, 200]
+    assert (out["api_calls"], out["retries"]) == (4, 1)
+    sent = requests.get(f"{three_coins.base_url}/global", timeout=5).content
+    assert lake.get_bytes(out["global_key"]) == sent
+    assert result["quality"]["dominance_basis"] == "global"
 
 
 def test_deadline_near_raises_before_fetching(server, lake):

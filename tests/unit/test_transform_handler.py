@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import json
 import logging
@@ -23,6 +24,7 @@ from tests.unit.test_transform_rules import coin
 
 BUCKET = "crypto-etl-test"
 SNAPSHOT = "exec-2026-11-23T08-00-00"
+RUN = "exec-2026-11-23T08-00-00"
 DAY = date(2026, 11, 23)
 
 
@@ -32,30 +34,46 @@ def lay_out(
     global_body: dict | None = None,
     *,
     snapshot_id: str = SNAPSHOT,
+    run_id: str = RUN,
     counts: list[int] | None = None,
     max_coins: int = 1000,
+    global_error: str | None = None,
 ) -> dict:
     """Write raw pages, global.json and manifest.json like the Extract does; return its output."""
-    prefix = keys.raw_prefix(snapshot_id, DAY)
+    prefix = keys.raw_prefix(snapshot_id, DAY, run_id)
     entries = []
     for n, body in enumerate(pages, start=1):
         key = keys.page_key(prefix, n)
-        storage.put_bytes(key, json.dumps(body).encode(), "application/json")
+        data = json.dumps(body).encode()
+        storage.put_bytes(key, data, "application/json")
         count = len(body) if counts is None else counts[n - 1]
-        entries.append({"page": n, "key": key, "count": count})
+        entries.append(
+            {
+                "page": n,
+                "key": key,
+                "count": count,
+                "rows": len(body),
+                "sha256": hashlib.sha256(data).hexdigest(),
+            }
+        )
     global_key = None
     if global_body is not None:
         global_key = keys.global_key(prefix)
         put_json(storage, global_key, global_body)
     manifest = {
         "snapshot_id": snapshot_id,
+        "execution_id": f"arn:aws:states:us-east-1:123456789012:execution:sm:{run_id}",
+        "run_id": run_id,
         "fetched_at": "2026-11-23T08:00:01.250000+00:00",
+        "fetch_date": DAY.isoformat(),
+        "partition_date": DAY.isoformat(),
         "vs_currency": "usd",
         "per_page": 250,
         "max_coins": max_coins,
         "source_base_url": "http://127.0.0.1:1/api/v3",
         "pages": entries,
         "global_key": global_key,
+        "global_error": global_error,
         "coin_count": sum(e["count"] for e in entries),
         "api_calls": len(pages) + 1,
         "retries": 0,
@@ -63,16 +81,22 @@ def lay_out(
     put_json(storage, keys.manifest_key(prefix), manifest)
     return {
         "snapshot_id": snapshot_id,
-        "execution_id": f"arn:aws:states:us-east-1:123456789012:execution:sm:{snapshot_id}",
+        "execution_id": manifest["execution_id"],
+        "run_id": run_id,
         "fetched_at": manifest["fetched_at"],
         "fetch_date": DAY.isoformat(),
+        "partition_date": DAY.isoformat(),
         "vs_currency": "usd",
         "bucket": storage.bucket,
         "raw_prefix": prefix,
         "manifest_key": keys.manifest_key(prefix),
         "global_key": global_key,
+        "global_error": global_error,
         "pages": len(pages),
         "coin_count": manifest["coin_count"],
+        "stop_reason": "empty_page",
+        "end_confirmed": True,
+        "paging_warning": None,
         "api_calls": manifest["api_calls"],
         "retries": 0,
         "max_coins": max_coins,
@@ -121,8 +145,9 @@ def test_handler_end_to_end(lake: LocalStorage, monkeypatch, lambda_context, log
     out = handler(dict(event), lambda_context)
 
     assert {k: out[k] for k in event} == event  # the input passes through
-    assert out["processed_key"] == keys.processed_key(SNAPSHOT, DAY)
-    assert out["rejected_key"] == keys.rejected_key(SNAPSHOT, DAY)
+    run_part = f"dt=2026-11-23/snapshot={SNAPSHOT}/run={RUN}/"
+    assert out["processed_key"] == f"processed/{run_part}crypto_data.csv.gz"
+    assert out["rejected_key"] == f"rejected/{run_part}rejected.csv.gz"
     assert (out["row_count"], out["rejected_count"], out["duplicate_count"]) == (2, 1, 1)
     assert out["quality"]["dominance_basis"] == "global"
     json.dumps(out, allow_nan=False)
@@ -172,7 +197,9 @@ def test_missing_global_uses_the_fetched_basis(lake: LocalStorage) -> None:
     processed = read_csv_gz(lake, out["processed_key"])
     assert set(processed["dominance_basis"]) == {"fetched"}
     assert [float(v) for v in processed["market_cap_dominance_pct"]] == [75.0, 25.0]
-    assert out["quality"]["dominance_basis_reason"] == "no /global body"
+    # neither the event nor the manifest says why: the handler says what it saw
+    reason = out["quality"]["dominance_basis_reason"]
+    assert reason == "/global unavailable: the Extract stored no /global body"
 
 
 def test_manifest_counts_and_max_coins_are_honoured(lake: LocalStorage) -> None:
@@ -188,9 +215,9 @@ def test_no_valid_rows_fails_after_writing_the_rejects(lake: LocalStorage) -> No
     event = lay_out(lake, [[coin(None, 1), coin("x", 2, total_volume=-1)]], GLOBAL)
     with pytest.raises(DataQualityError, match=f"snapshot {SNAPSHOT}: no valid rows out of 2"):
         run(event, storage=lake)
-    rejected = read_csv_gz(lake, keys.rejected_key(SNAPSHOT, DAY))
+    rejected = read_csv_gz(lake, keys.rejected_key(SNAPSHOT, DAY, RUN))
     assert list(rejected[REJECT_REASON_COLUMN]) == ["missing_id", "negative:total_volume"]
-    assert not lake.exists(keys.processed_key(SNAPSHOT, DAY))
+    assert not lake.exists(keys.processed_key(SNAPSHOT, DAY, RUN))
 
 
 def test_output_is_accepted_by_the_load_contract(lake: LocalStorage) -> None:
@@ -213,7 +240,8 @@ def _bad(field: str, value):
 
 
 _DELETE = object()
-OTHER_PREFIX = keys.raw_prefix("other-snapshot", DAY)
+OTHER_PREFIX = keys.raw_prefix("other-snapshot", DAY, RUN)
+OTHER_RUN_PREFIX = keys.raw_prefix(SNAPSHOT, DAY, "another-run")
 
 
 @pytest.mark.parametrize(
@@ -221,18 +249,30 @@ OTHER_PREFIX = keys.raw_prefix("other-snapshot", DAY)
     [
         ("bucket", "someone-elses-bucket"),
         ("bucket", _DELETE),
+        ("bucket", f"{BUCKET}\n"),
         ("snapshot_id", "../etc"),
         ("snapshot_id", None),
+        ("snapshot_id", f"{SNAPSHOT}\n"),
+        ("run_id", _DELETE),
+        ("run_id", f"{RUN}\n"),
+        ("run_id", "../run"),
+        ("partition_date", _DELETE),
+        ("partition_date", "23/11/2026"),
         ("fetch_date", "23/11/2026"),
         ("fetch_date", _DELETE),
         ("raw_prefix", "processed/dt=2026-11-23/snapshot=x/"),
         ("raw_prefix", "raw/../processed/"),
         ("raw_prefix", OTHER_PREFIX),
+        ("raw_prefix", OTHER_RUN_PREFIX),
+        ("raw_prefix", keys.raw_prefix(SNAPSHOT, date(2026, 11, 24), RUN)),
         ("manifest_key", f"{OTHER_PREFIX}manifest.json"),
         ("manifest_key", "/etc/passwd"),
+        ("manifest_key", f"{OTHER_RUN_PREFIX}manifest.json"),
         ("manifest_key", _DELETE),
         ("global_key", "processed/global.json"),
         ("global_key", 5),
+        ("global_key", f"{OTHER_RUN_PREFIX}global.json"),
+        ("global_error", 403),
         ("fetched_at", "2026-11-23T08:00:00"),
         ("fetched_at", "yesterday"),
         ("fetched_at", None),
@@ -284,6 +324,67 @@ def test_missing_page_file_is_an_error_naming_the_key(lake: LocalStorage) -> Non
     page2.unlink()
     with pytest.raises(ValidationError, match=r"page-0002\.json"):
         run(event, storage=lake)
+
+
+def test_a_page_changed_after_the_manifest_is_refused_naming_it(lake: LocalStorage) -> None:
+    event = lay_out(lake, [[coin("a", 1)], [coin("b", 2)]], GLOBAL)
+    page2 = keys.page_key(event["raw_prefix"], 2)
+    # Still valid JSON, same coin count: only the digest can tell it changed.
+    lake.put_bytes(page2, json.dumps([coin("b", 2, current_price=999.0)]).encode())
+    with pytest.raises(ValidationError, match="SHA-256") as err:
+        run(event, storage=lake)
+    assert err.value.field == page2
+    manifest = json.loads(lake.get_bytes(event["manifest_key"]))
+    assert manifest["pages"][1]["sha256"] in str(err.value)
+    assert not lake.list_keys(keys.PROCESSED)
+
+
+@pytest.mark.parametrize("digest", [None, "ABC", "0" * 63, "A" * 64])
+def test_a_manifest_page_without_a_valid_sha256_is_refused(lake: LocalStorage, digest) -> None:
+    event = lay_out(lake, [[coin("a", 1)]], GLOBAL)
+    manifest = json.loads(lake.get_bytes(event["manifest_key"]))
+    manifest["pages"][0]["sha256"] = digest
+    put_json(lake, event["manifest_key"], manifest)
+    with pytest.raises(ValidationError) as err:
+        run(event, storage=lake)
+    assert err.value.field == f"{event['manifest_key']}: pages[0].sha256"
+    assert not lake.list_keys(keys.PROCESSED)
+
+
+def test_global_error_of_the_extract_is_the_fetched_basis_reason(lake: LocalStorage) -> None:
+    why = (
+        "SourceError: CoinGecko GET http://127.0.0.1:1/api/v3/global failed with HTTP 403"
+        " (not retried): This endpoint is temporarily unavailable"
+    )
+    pages = [[coin("a", 1, market_cap=300), coin("b", 2, market_cap=100)]]
+    event = lay_out(lake, pages, global_error=why)
+    out = run(event, storage=lake)
+    assert out["global_error"] == why  # passes through to Load
+    processed = read_csv_gz(lake, out["processed_key"])
+    assert set(processed["dominance_basis"]) == {"fetched"}
+    assert [float(v) for v in processed["market_cap_dominance_pct"]] == [75.0, 25.0]
+    reason = out["quality"]["dominance_basis_reason"]
+    assert "/global unavailable" in reason and "HTTP 403" in reason
+    assert "This endpoint is temporarily unavailable" in reason
+
+
+def test_without_global_error_in_the_event_the_manifest_says_why(lake: LocalStorage) -> None:
+    event = lay_out(lake, [[coin("a", 1)]], global_error="SourceError: HTTP 403: go away")
+    event["global_error"] = None  # e.g. an older state payload without the field
+    out = run(event, storage=lake)
+    reason = out["quality"]["dominance_basis_reason"]
+    assert reason == "/global unavailable: SourceError: HTTP 403: go away"
+
+
+def test_each_run_writes_under_its_own_prefix(lake: LocalStorage) -> None:
+    first = run(lay_out(lake, [[coin("a", 1), coin("b", 2)]], GLOBAL), storage=lake)
+    files = {k: lake.get_bytes(k) for k in lake.list_keys("")}
+    second = run(lay_out(lake, [[coin("c", 1)]], GLOBAL, run_id="exec-rerun"), storage=lake)
+    assert second["processed_key"] == keys.processed_key(SNAPSHOT, DAY, "exec-rerun")
+    assert second["rejected_key"] == keys.rejected_key(SNAPSHOT, DAY, "exec-rerun")
+    assert {k: lake.get_bytes(k) for k in files} == files  # the first run is untouched
+    assert list(read_csv_gz(lake, first["processed_key"])["coin_id"]) == ["a", "b"]
+    assert list(read_csv_gz(lake, second["processed_key"])["coin_id"]) == ["c"]
 
 
 def test_recorded_two_page_capture_end_to_end(lake: LocalStorage, shared_coingecko_dir) -> None:
