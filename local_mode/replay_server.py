@@ -39,8 +39,11 @@ Fault injection for tests (checked in this order for every request):
 1. scripted responses: :meth:`ReplayServer.script` queues :class:`Scripted` responses for an
    endpoint (optionally one page of ``/coins/markets``); each request pops the first matching
    one (page-specific queue first, then the endpoint's). A ``Scripted`` may set a status,
-   headers (``Retry-After``...), a body, a ``delay`` before answering (with no status it then
-   serves the normal response slowly) or ``close`` (drop the connection without answering).
+   headers (``Retry-After``, ``Content-Encoding``...), a body, a ``delay`` before answering
+   (with no status it then serves the normal response slowly) or ``close`` (drop the
+   connection without answering). Its ``Content-Type``/``Content-Length`` headers replace the
+   server's; a scripted ``Content-Length`` also closes the connection after the body, so one
+   larger than the body is a body cut off mid-way.
 2. rate limit: :meth:`ReplayServer.rate_limit` (N requests per sliding window of W seconds)
    answers 429 with ``Retry-After`` (whole seconds until a slot frees) and CoinGecko's body.
    Only requests answered by the source count against the window (not the 429s, not the
@@ -48,6 +51,8 @@ Fault injection for tests (checked in this order for every request):
 3. the source.
 
 Every request is recorded (:attr:`ReplayServer.requests`: path, query, headers, page, status).
+An exception while answering (a bug, an odd recording) is answered with HTTP 500 and
+``{"error": "replay server: <exception>"}`` instead of dropping the connection.
 
 Run it by hand: ``python -m local_mode.replay_server --coins 1000`` or
 ``python -m local_mode.replay_server --replay DIR [--port 8080] [--rate-limit 30/60]``.
@@ -255,13 +260,18 @@ class DirectorySource(MarketSource):
                 parsed = json.loads(body)
                 if isinstance(parsed, list):
                     coins.extend(c for c in parsed if isinstance(c, dict))
+        # Rows are served as recorded, so anything may be missing or odd here: skip what
+        # does not fit rather than fail the request (and kill the handler thread).
         stamps = []
         for coin in coins:
-            with contextlib.suppress(TypeError, ValueError, AttributeError):
-                stamps.append(datetime.fromisoformat(coin["last_updated"]).timestamp())
+            stamp = coin.get("last_updated")
+            if isinstance(stamp, str):
+                with contextlib.suppress(ValueError, OverflowError, OSError):
+                    stamps.append(datetime.fromisoformat(stamp).timestamp())
+        ids = {coin["id"] for coin in coins if isinstance(coin.get("id"), str)}
         return {
             "data": {
-                "active_cryptocurrencies": len({c.get("id") for c in coins}),
+                "active_cryptocurrencies": len(ids),
                 "upcoming_icos": 0,
                 "ongoing_icos": 0,
                 "ended_icos": 0,
@@ -322,7 +332,12 @@ class _Handler(BaseHTTPRequestHandler):
         endpoint = parts.path[len(API_PREFIX) :] if parts.path.startswith(API_PREFIX) else ""
         endpoint = endpoint.rstrip("/") or endpoint
         page = _int_param(query, "page", 1) if endpoint == "/coins/markets" else None
-        reply = replay._respond(endpoint, query, page)
+        try:
+            reply = replay._respond(endpoint, query, page)
+        except Exception as exc:  # a bug or a bad recording: answer, do not drop the connection
+            reply = Reply(
+                500, _json_bytes({"error": f"replay server: {type(exc).__name__}: {exc}"})
+            )
         # Recorded before answering, so a client that got its answer finds its request here.
         replay._record(
             RecordedRequest(
@@ -341,10 +356,17 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(reply, replay.kind)
 
     def _send(self, reply: Reply, kind: str) -> None:
+        # A reply's own Content-Type/Content-Length replace the defaults; its own Content-Length
+        # also closes the connection after the body, so a larger one is a body cut off mid-way.
+        own = {name.lower() for name in reply.headers}
         try:
             self.send_response(reply.status)
-            self.send_header("Content-Type", "application/json; charset=utf-8")
-            self.send_header("Content-Length", str(len(reply.body)))
+            if "content-type" not in own:
+                self.send_header("Content-Type", "application/json; charset=utf-8")
+            if "content-length" not in own:
+                self.send_header("Content-Length", str(len(reply.body)))
+            else:
+                self.close_connection = True
             self.send_header("X-Replay-Source", kind)
             for name, value in reply.headers.items():
                 self.send_header(name, value)

@@ -1,16 +1,33 @@
 """The CoinGecko API v3 client: a ``requests.Session`` with retries, a wait budget and counters.
 
-Retried: HTTP 429 (waiting ``Retry-After`` seconds or until its HTTP-date when the header is
-there, else exponential backoff with jitter), any 5xx, timeouts and connection errors (refused,
-reset, dropped mid-body), with exponential backoff and jitter: ``base * 2**(n-1)`` seconds for
-retry n, capped at :data:`MAX_SINGLE_WAIT`, drawn uniformly from the upper half of that step
-("equal jitter", so concurrent clients spread out but never retry instantly). Two limits apply,
-whichever comes first: ``max_retries`` per request, and ``max_retry_wait`` seconds of sleeping in
-total for the client's lifetime (one Lambda invocation). When the next wait would not fit in
-what is left of the budget (or of the optional ``deadline``), the client stops at once, without
-sleeping, and raises :class:`SourceUnavailableError` naming the URL, the last status and the
-attempts. Any other 4xx (and 3xx: redirects are not followed, so the key header never leaves
-the configured host) raises :class:`SourceError` at once with the API's own message.
+Retried (each counts as a retry against the limits below):
+
+* HTTP 429, waiting ``Retry-After`` seconds or until its HTTP-date when the header is usable
+  (:func:`parse_retry_after`: a negative or unparseable value is ignored, 0 or a past date waits
+  :data:`MIN_RETRY_WAIT`), else exponential backoff;
+* HTTP 408 and any 5xx;
+* a 2xx whose body is a CoinGecko error object (``{"status": {"error_code": 429, ...}}``) with a
+  retryable ``error_code`` (408, 429, 5xx): CoinGecko sometimes answers a rate limit with 200,
+  so it is retried exactly as that status would be (``Retry-After`` included);
+* transport failures: connect/read timeouts, refused or reset connections, a body cut off
+  mid-way (``ChunkedEncodingError``, urllib3 ``ProtocolError``), a body that fails to decode
+  (``ContentDecodingError``: e.g. ``Content-Encoding: gzip`` over bytes that are not gzip), a
+  TLS connection closed without ``close_notify`` (``SSLEOFError``, "UNEXPECTED_EOF_WHILE_READING",
+  "EOF occurred in violation of protocol"), and a urllib3 ``RetryError`` from a mounted adapter.
+
+Backoff is exponential with jitter: ``base * 2**(n-1)`` seconds for retry n, capped at
+:data:`MAX_SINGLE_WAIT`, drawn uniformly from the upper half of that step ("equal jitter", so
+concurrent clients spread out but never retry instantly). Two limits apply, whichever comes
+first: ``max_retries`` per request, and ``max_retry_wait`` seconds of sleeping in total for the
+client's lifetime (one Lambda invocation). When the next wait would not fit in what is left of
+the budget (or of the optional ``deadline``), the client stops at once, without sleeping, and
+raises :class:`SourceUnavailableError` naming the URL, the last status or cause and the attempts.
+
+Not retried, raised at once as :class:`SourceError` naming the URL: any other 4xx (and 3xx:
+redirects are not followed, so the key header never leaves the configured host) with the API's
+own message; a 2xx carrying any other error object; other TLS errors (a certificate will not
+heal); and every other ``requests``/urllib3 failure (invalid URL, missing CA bundle, too many
+redirects...). No ``requests`` or urllib3 exception leaves :meth:`CoinGeckoClient.get` untyped.
 
 Why an explicit loop rather than urllib3's ``Retry`` on an ``HTTPAdapter``: ``Retry`` covers
 status/connect/read retries, ``Retry-After`` and jittered backoff, but a total wait budget needs
@@ -27,9 +44,12 @@ extract stores it exactly as received.
 
 from __future__ import annotations
 
+import builtins
+import http.client
 import json
 import logging
 import random
+import ssl
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -39,6 +59,7 @@ from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 import requests
+import urllib3.exceptions
 
 from functions.common.errors import SourceError, SourceUnavailableError
 from functions.extract.api_errors import error_from_bytes, parse_error_body, snippet
@@ -46,27 +67,84 @@ from functions.extract.config import ExtractConfig
 from functions.extract.paging import MARKETS_PATH, markets_query
 
 MAX_SINGLE_WAIT = 60.0
+# The shortest wait a usable Retry-After can ask for: "Retry-After: 0" or a date already past
+# would otherwise fire every retry within milliseconds and burn the retry budget at once.
+MIN_RETRY_WAIT = 1.0
 USER_AGENT = "crypto-etl/0.1 (+requests)"
 
 # Transient transport failures: connect/read timeouts, refused or reset connections, a body cut
-# off mid-way. (requests.Timeout covers ConnectTimeout and ReadTimeout.)
+# off mid-way or failing to decode. (requests.Timeout covers ConnectTimeout and ReadTimeout;
+# the urllib3, http.client and builtin ones only escape requests unwrapped on odd paths.)
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     requests.Timeout,
     requests.ConnectionError,
     requests.exceptions.ChunkedEncodingError,
+    requests.exceptions.ContentDecodingError,
+    requests.exceptions.RetryError,
+    urllib3.exceptions.ProtocolError,
+    urllib3.exceptions.DecodeError,
+    urllib3.exceptions.TimeoutError,
+    urllib3.exceptions.NewConnectionError,
+    http.client.HTTPException,
+    builtins.ConnectionError,
+    builtins.TimeoutError,
+)
+# TLS failures: transient only when the peer closed the connection mid-handshake or mid-body.
+TLS_ERRORS: tuple[type[BaseException], ...] = (
+    requests.exceptions.SSLError,
+    urllib3.exceptions.SSLError,
+    ssl.SSLError,
+)
+_TLS_EOF_MARKERS = ("UNEXPECTED_EOF_WHILE_READING", "EOF occurred in violation of protocol")
+# Whatever else requests or urllib3 may raise (InvalidURL, TooManyRedirects, InvalidJSONError,
+# a missing CA bundle's OSError...): a setup or protocol problem that retrying will not fix.
+OTHER_REQUEST_ERRORS: tuple[type[BaseException], ...] = (
+    requests.RequestException,
+    urllib3.exceptions.HTTPError,
+    OSError,
 )
 
 
 def is_retryable_status(status: int) -> bool:
-    """429 and every 5xx are worth retrying; nothing else is."""
-    return status == 429 or 500 <= status <= 599
+    """408, 429 and every 5xx are worth retrying; nothing else is."""
+    return status in (408, 429) or 500 <= status <= 599
+
+
+def is_tls_eof(exc: BaseException) -> bool:
+    """True when a TLS error is the peer closing the connection early (transient).
+
+    Looks through the causes requests and urllib3 wrap around it (``args[0]``, ``.reason``,
+    ``__cause__``, ``__context__``) for ``ssl.SSLEOFError`` or OpenSSL's texts for it.
+    """
+    seen: set[int] = set()
+    todo: list[BaseException] = [exc]
+    while todo:
+        inner = todo.pop()
+        if id(inner) in seen:
+            continue
+        seen.add(id(inner))
+        if isinstance(inner, ssl.SSLEOFError):
+            return True
+        if any(marker in str(inner) for marker in _TLS_EOF_MARKERS):
+            return True
+        for nested in (
+            getattr(inner, "reason", None),
+            inner.args[0] if inner.args else None,
+            inner.__cause__,
+            inner.__context__,
+        ):
+            if isinstance(nested, BaseException):
+                todo.append(nested)
+    return False
 
 
 def parse_retry_after(value: str | None, now: float) -> float | None:
     """Seconds to wait per a ``Retry-After`` header (delay-seconds or HTTP-date), or None.
 
-    ``now`` is the current Unix time (for the HTTP-date form). A date in the past gives 0.
-    Unparseable values give None (the caller then backs off exponentially).
+    ``now`` is the current Unix time (for the HTTP-date form). None (the caller then backs off
+    exponentially) for an absent, unparseable, infinite/NaN or negative value; a usable value
+    is at least :data:`MIN_RETRY_WAIT` (so 0 or a date in the past gives that floor).
+    Source: RFC 9110 section 10.2.3 (``Retry-After = HTTP-date / delay-seconds``).
     """
     if value is None or not value.strip():
         return None
@@ -80,15 +158,19 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
             return None
         if when.tzinfo is None:
             when = when.replace(tzinfo=UTC)
-        seconds = when.timestamp() - now
-    if seconds != seconds or seconds in (float("inf"), float("-inf")):
+        seconds = max(0.0, when.timestamp() - now)  # a past date: the server says "now"
+    if seconds != seconds or seconds in (float("inf"), float("-inf")) or seconds < 0:
         return None
-    return max(0.0, seconds)
+    return max(MIN_RETRY_WAIT, seconds)
 
 
 @dataclass(frozen=True)
 class ApiResponse:
-    """A successful (2xx) response: the body exactly as received plus its parsed JSON."""
+    """A successful (2xx) response: the body exactly as received plus its parsed JSON.
+
+    ``data`` is set by :meth:`CoinGeckoClient.get_json`; :meth:`CoinGeckoClient.get` sets it
+    only when it had to parse the body (a JSON object, checked for an error object), else None.
+    """
 
     url: str
     status: int
@@ -204,7 +286,7 @@ class CoinGeckoClient:
         """:meth:`get`, then parse the body as JSON of type ``expect`` (else SourceError)."""
         resp = self.get(path, params)
         try:
-            data = json.loads(resp.body)
+            data = resp.data if resp.data is not None else json.loads(resp.body)
         except (ValueError, UnicodeDecodeError) as exc:
             raise SourceError(
                 f"CoinGecko GET {resp.url} returned HTTP {resp.status} but the body is not JSON "
@@ -225,7 +307,11 @@ class CoinGeckoClient:
         return ApiResponse(resp.url, resp.status, resp.body, resp.headers, resp.attempts, data)
 
     def get(self, path: str, params: Mapping[str, str] | None = None) -> ApiResponse:
-        """GET ``path``; return the first 2xx response, retrying transient failures."""
+        """GET ``path``; return the first 2xx response, retrying transient failures.
+
+        Raises SourceUnavailableError when the retries or their budget run out and SourceError
+        for a failure not worth retrying (see the module docstring for which is which).
+        """
         url = self.url(path, params)
         attempts = 0
         while True:
@@ -237,33 +323,65 @@ class CoinGeckoClient:
             try:
                 resp = self._session.get(url, timeout=self.timeout, allow_redirects=False)
                 body = resp.content
-            except requests.exceptions.SSLError as exc:  # a certificate problem will not heal
-                raise SourceError(
-                    f"CoinGecko GET {url} failed: TLS error {_short(exc)}", url=url
-                ) from exc
+            except TLS_ERRORS as exc:
+                if not is_tls_eof(exc):  # a certificate problem will not heal
+                    raise SourceError(
+                        f"CoinGecko GET {url} failed: TLS error {_short(exc)}", url=url
+                    ) from exc
+                problem = f"TLS connection closed early: {_network_problem(exc)}"
             except TRANSIENT_ERRORS as exc:
                 problem = _network_problem(exc)
+            except OTHER_REQUEST_ERRORS as exc:
+                raise SourceError(
+                    f"CoinGecko GET {url} failed (not retried): {type(exc).__name__}: "
+                    f"{_short(exc)}",
+                    url=url,
+                ) from exc
             else:
                 status = resp.status_code
                 if 200 <= status <= 299:
-                    return ApiResponse(url, status, body, resp.headers, attempts)
-                error = error_from_bytes(body)
-                message = error.message if error else snippet(body)
-                if not is_retryable_status(status):
-                    if 300 <= status <= 399 and resp.headers.get("Location"):
-                        # Not followed (the key header must not travel), but say where to.
-                        target = urlsplit(resp.headers["Location"])
-                        message = f"{message or resp.reason} -> {target.scheme}://"
-                        message += f"{target.netloc}{target.path}"
-                    raise SourceError(
-                        f"CoinGecko GET {url} failed with HTTP {status} (not retried): "
-                        f"{message or resp.reason}",
-                        url=url,
-                        status=status,
-                        api_message=error.message if error else "",
-                    )
-                problem = f"HTTP {status}: {message or resp.reason}"
-                api_message = error.message if error else ""
+                    # A markets page is a list: only an object can be an error, parse no other.
+                    if body.lstrip()[:1] != b"{":
+                        return ApiResponse(url, status, body, resp.headers, attempts)
+                    try:
+                        parsed = json.loads(body)
+                    except (ValueError, UnicodeDecodeError):  # get_json reports it
+                        return ApiResponse(url, status, body, resp.headers, attempts)
+                    error = parse_error_body(parsed)
+                    if error is None:
+                        return ApiResponse(url, status, body, resp.headers, attempts, parsed)
+                    if error.code is None or not is_retryable_status(error.code):
+                        code = f"error_code {error.code}: " if error.code is not None else ""
+                        raise SourceError(
+                            f"CoinGecko GET {url} returned HTTP {status} with an error object "
+                            f"instead of data (not retried): {code}{error.message}: "
+                            f"{snippet(body)!r}",
+                            url=url,
+                            status=status,
+                            api_message=error.message,
+                        )
+                    # Retried as the status it names; the error's status is that code.
+                    problem = f"HTTP {status} with error_code {error.code}: {error.message}"
+                    status = error.code
+                    api_message = error.message
+                else:
+                    error = error_from_bytes(body)
+                    message = error.message if error else snippet(body)
+                    if not is_retryable_status(status):
+                        if 300 <= status <= 399 and resp.headers.get("Location"):
+                            # Not followed (the key header must not travel), but say where to.
+                            target = urlsplit(resp.headers["Location"])
+                            message = f"{message or resp.reason} -> {target.scheme}://"
+                            message += f"{target.netloc}{target.path}"
+                        raise SourceError(
+                            f"CoinGecko GET {url} failed with HTTP {status} (not retried): "
+                            f"{message or resp.reason}",
+                            url=url,
+                            status=status,
+                            api_message=error.message if error else "",
+                        )
+                    problem = f"HTTP {status}: {message or resp.reason}"
+                    api_message = error.message if error else ""
                 if status == 429:
                     retry_after = parse_retry_after(
                         resp.headers.get("Retry-After"), self._wall_clock()

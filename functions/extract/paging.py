@@ -1,19 +1,41 @@
 """Which ``/coins/markets`` pages to fetch and when to stop (pure: the fetch is injected).
 
 ``GET /coins/markets?vs_currency=..&order=market_cap_desc&per_page=..&page=N&sparkline=false``
-returns at most ``per_page`` coins per page; the last page is shorter than ``per_page`` or empty.
+returns at most ``per_page`` coins per page and ``[]`` past the end of the market.
 
 Rules decided here:
 
-* Pages are fetched in order from ``start_page`` until a page is empty, a page is short
-  (fewer rows than ``per_page``), or ``max_coins`` coins are reached. ``per_page`` stays the
-  same on every page (page N's offset depends on it), so the last page may hold more rows than
-  are still needed: with ``max_coins=600, per_page=250`` pages 1-3 are fetched (750 rows) and no
-  page 4. **Bodies are kept whole** (stored exactly as received); each page records ``count``,
-  the rows kept (250, 250, 100), and the manifest carries it so the transform trims to
-  ``max_coins``. An empty last page is kept too (count 0): it is why paging stopped.
+* Pages are fetched in order from ``start_page``. **A short page is not the end**: a server may
+  cap the page size below what was asked (a trading bot's issue reports 50 rows served for 250
+  asked), so paging goes on until one of these stops (``MarketsResult.stop_reason``):
+
+  ============== ===============================================================  =========
+  stop_reason    when                                                             confirmed
+  ============== ===============================================================  =========
+  empty_page     a page holds no coins: the end of the market                     yes
+  max_coins      ``max_coins`` coins are kept                                     yes
+  deadline       fewer than ``reserve_seconds`` left before a request             no
+                 (``next_page`` says where to resume)
+  repeated_page  a page's body is byte-identical to the previous page's (a        no
+                 server ignoring ``page``): that page is neither kept nor counted
+  page_limit     ``max_pages`` pages fetched by this call (guard against a        no
+                 server that never ends)
+  ============== ===============================================================  =========
+
+  ``end_confirmed`` is True only for the first two. Every unconfirmed stop, and a page size
+  capped below ``per_page`` (``served_per_page``: the size of the first short page that was
+  followed by a non-empty one), is described in ``warning``. On a market that ends on a short
+  page this costs one more request (the empty page that confirms it).
+* ``per_page`` stays the same on every page (page N's offset depends on it), so the last page
+  may hold more rows than are still needed: with ``max_coins=600, per_page=250`` pages 1-3 are
+  fetched (750 rows) and no page 4. **Bodies are kept whole** (stored exactly as received); each
+  page records ``count``, the rows kept (250, 250, 100), and the manifest carries it so the
+  transform trims to ``max_coins``. An empty last page is kept too (count 0): it is why paging
+  stopped.
 * A page's coins are counted from the start of the market: starting at ``start_page`` assumes
-  the ``start_page - 1`` earlier pages were full (they were, or paging would have stopped).
+  the ``start_page - 1`` earlier pages held ``per_page`` coins each (``coins_before``). That is
+  wrong for a server capping its page size (``served_per_page``): there ``coins_before``
+  overstates the coins before ``start_page`` and ``max_coins`` is reached too early.
 * ``deadline`` (a callable returning the seconds left, e.g. the Lambda's remaining time) is
   checked before every request: when fewer than ``reserve_seconds`` remain, paging stops and the
   result's ``next_page`` says where to resume (``stop_reason == "deadline"``). The caller may
@@ -30,6 +52,11 @@ from functions.common.errors import ValidationError
 
 MAX_PER_PAGE = 250
 MARKETS_PATH = "/coins/markets"
+# Pages one call may fetch: CoinGecko lists ~17k coins, 70 pages of 250 or 350 of a 50-row cap.
+MAX_PAGES = 400
+
+STOP_REASONS = ("empty_page", "max_coins", "deadline", "repeated_page", "page_limit")
+CONFIRMED_STOPS = frozenset({"empty_page", "max_coins"})
 
 
 @dataclass(frozen=True)
@@ -56,12 +83,22 @@ class FetchedPage:
 
 @dataclass
 class MarketsResult:
-    """The pages fetched, why paging stopped, and where to resume if it stopped early."""
+    """The pages fetched, why paging stopped, and where to resume if it stopped early.
+
+    ``stop_reason`` is one of :data:`STOP_REASONS` (see the module docstring);
+    ``end_confirmed`` is True only when an empty page or ``max_coins`` ended paging;
+    ``served_per_page`` is the page size the server actually serves when it is below the
+    ``per_page`` asked (else None); ``warning`` is a human sentence for any unconfirmed stop or
+    capped page size (else None).
+    """
 
     pages: list[FetchedPage]
-    stop_reason: str  # "empty_page" | "short_page" | "max_coins" | "deadline"
+    stop_reason: str
     next_page: int | None  # set only when stop_reason == "deadline"
-    coins_before: int  # coins on the pages before start_page
+    coins_before: int  # coins on the pages before start_page (assuming full pages)
+    end_confirmed: bool = False
+    served_per_page: int | None = None
+    warning: str | None = None
 
     @property
     def coin_count(self) -> int:
@@ -113,33 +150,76 @@ def fetch_markets(
     deadline: Callable[[], float] | None = None,
     reserve_seconds: float = 0.0,
     on_page: Callable[[FetchedPage], None] | None = None,
+    max_pages: int = MAX_PAGES,
 ) -> MarketsResult:
     """Call ``fetch(page)`` for pages ``start_page, start_page + 1, ...`` until paging stops.
 
-    ``on_page`` is called with each page as soon as it is fetched (to store it and report
-    progress). Errors raised by ``fetch`` propagate unchanged.
+    Stops as the module docstring says (at most ``max_pages`` requests). ``on_page`` is
+    called with each kept page as soon as it is fetched (to store it and report progress); a
+    repeated page is not kept. Errors raised by ``fetch`` propagate unchanged; a negative
+    ``RawPage.rows`` or a bad paging parameter raises ValidationError.
     """
     validate_paging(per_page, max_coins, start_page)
+    if isinstance(max_pages, bool) or not isinstance(max_pages, int) or max_pages < 1:
+        raise ValidationError("max_pages", f"{max_pages!r} must be an integer >= 1")
     coins_before = (start_page - 1) * per_page
     total = coins_before
     pages: list[FetchedPage] = []
+    first_short: int | None = None  # rows of the first short, non-empty page
+    served: int | None = None
+    previous: bytes | None = None
     page = start_page
+
+    def result(reason: str, problem: str | None = None) -> MarketsResult:
+        notes = []
+        if served is not None:
+            notes.append(f"the server served {served} rows per page although {per_page} were asked")
+        if problem is not None:
+            where = (
+                f"stopped with {total - coins_before} coins on pages {start_page}-{page - 1}"
+                if pages
+                else "stopped before fetching any page"
+            )
+            notes.append(f"{problem}; {where}, the end of the market was not confirmed")
+        return MarketsResult(
+            pages,
+            reason,
+            page if reason == "deadline" else None,
+            coins_before,
+            end_confirmed=reason in CONFIRMED_STOPS,
+            served_per_page=served,
+            warning="; ".join(notes) or None,
+        )
+
     while True:
         if deadline is not None and deadline() < reserve_seconds:
-            return MarketsResult(pages, "deadline", page, coins_before)
+            return result(
+                "deadline", f"less than {reserve_seconds:g}s were left (resume at page {page})"
+            )
+        if page - start_page >= max_pages:
+            return result("page_limit", problem=f"the page limit ({max_pages} pages) was reached")
         raw = fetch(page)
         if raw.rows < 0:
             raise ValidationError("rows", f"page {page}: {raw.rows} must be >= 0")
+        if raw.rows > 0 and previous is not None and raw.body == previous:
+            return result(
+                "repeated_page",
+                problem=f"page {page} repeated page {page - 1} byte for byte (the server "
+                f"seems to ignore 'page'; page {page} was not kept)",
+            )
+        if raw.rows > 0 and first_short is not None and served is None:
+            served = first_short
+        if 0 < raw.rows < per_page and first_short is None:
+            first_short = raw.rows
+        previous = raw.body
         count = min(raw.rows, max_coins - total)
         fetched = FetchedPage(page=page, body=raw.body, rows=raw.rows, count=count)
         pages.append(fetched)
         total += count
+        page += 1
         if on_page is not None:
             on_page(fetched)
         if raw.rows == 0:
-            return MarketsResult(pages, "empty_page", None, coins_before)
+            return result("empty_page")
         if total >= max_coins:
-            return MarketsResult(pages, "max_coins", None, coins_before)
-        if raw.rows < per_page:
-            return MarketsResult(pages, "short_page", None, coins_before)
-        page += 1
+            return result("max_coins")

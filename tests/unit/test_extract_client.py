@@ -5,17 +5,20 @@ waits the client chose without waiting them."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import random
+import ssl
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from pathlib import Path
 
 import pytest
 import requests
+import urllib3.exceptions
 
 from functions.common.errors import SourceError, SourceUnavailableError
-from functions.extract.client import CoinGeckoClient, parse_retry_after
+from functions.extract.client import MIN_RETRY_WAIT, CoinGeckoClient, parse_retry_after
 from functions.extract.config import ExtractConfig
 from local_mode.replay_server import ReplayServer, Scripted
 
@@ -276,11 +279,54 @@ def test_non_json_200_is_a_source_error_with_a_snippet(server, sleeps):
 def test_error_object_with_200_where_a_list_was_expected(server, sleeps):
     body = {"status": {"error_code": 403, "error_message": "This endpoint is temporarily down"}}
     server.script(MARKETS, Scripted(status=200, body=body))
+    client = make_client(server, sleeps)
     with pytest.raises(SourceError) as info:
-        make_client(server, sleeps).markets_page("usd", 1, 250)
+        client.markets_page("usd", 1, 250)
+    assert not isinstance(info.value, SourceUnavailableError)
     assert info.value.api_message == "This endpoint is temporarily down"
-    assert "where a JSON list was expected" in str(info.value)
+    assert "with an error object instead of data (not retried)" in str(info.value)
     assert '"error_code":403' in str(info.value)
+    assert (client.api_calls, client.retries, sleeps) == (1, 0, [])
+
+
+def test_error_object_with_200_on_global_names_the_message(server, sleeps):
+    body = {"error": "coin not found"}
+    server.script("/global", Scripted(status=200, body=body))
+    with pytest.raises(SourceError, match="coin not found") as info:
+        make_client(server, sleeps).global_data()
+    assert info.value.api_message == "coin not found"
+
+
+def test_200_with_error_code_429_is_a_rate_limit(server, sleeps):
+    body = {"status": {"error_code": 429, "error_message": "You've exceeded the Rate Limit"}}
+    server.script(MARKETS, Scripted(status=200, body=body, headers={"Retry-After": "4"}), page=1)
+    client = make_client(server, sleeps)
+    resp = client.markets_page("usd", 1, 250)
+    assert resp.body == page_bytes(server, 1)
+    assert sleeps == [4.0]  # its Retry-After honoured, as for a real 429
+    assert (client.api_calls, client.retries) == (2, 1)
+
+
+def test_200_with_error_code_503_gives_up_as_unavailable(server, sleeps):
+    body = {"status": {"error_code": 503, "error_message": "Service busy"}}
+    server.script(MARKETS, *[Scripted(status=200, body=body)] * 3)
+    client = make_client(server, sleeps, max_retries=2, backoff_base=0.01)
+    with pytest.raises(SourceUnavailableError) as info:
+        client.markets_page("usd", 1, 250)
+    err = info.value
+    assert err.status == 503
+    assert err.api_message == "Service busy"
+    assert "after 3 attempts" in str(err) and "HTTP 200 with error_code 503" in str(err)
+    assert (client.api_calls, client.retries, len(sleeps)) == (3, 2, 2)
+
+
+def test_408_is_retried_like_a_5xx(server, sleeps):
+    server.script(MARKETS, Scripted.error(408, "Request Timeout"), page=1)
+    client = make_client(server, sleeps)
+    resp = client.markets_page("usd", 1, 250)
+    assert len(resp.data) == 250
+    assert [r.status for r in server.requests_to(MARKETS)] == [408, 200]
+    assert (client.api_calls, client.retries, len(sleeps)) == (2, 1, 1)
 
 
 def test_recorded_error_object_body(server, sleeps, shared_coingecko_dir: Path):
@@ -347,20 +393,186 @@ def test_public_plan_sends_no_key(server, sleeps):
     ("value", "expected"),
     [
         ("7", 7.0),
-        (" 0 ", 0.0),
+        (" 0 ", MIN_RETRY_WAIT),
+        ("0.2", MIN_RETRY_WAIT),
         ("1.5", 1.5),
-        ("-3", 0.0),
+        ("-3", None),
+        ("-30", None),
         ("Mon, 01 Jan 2024 12:00:30 GMT", 30.0),
-        ("Mon, 01 Jan 2024 11:00:00 GMT", 0.0),
+        ("Mon, 01 Jan 2024 11:00:00 GMT", MIN_RETRY_WAIT),
         ("soon", None),
         ("", None),
         (None, None),
         ("nan", None),
+        ("-inf", None),
     ],
 )
 def test_parse_retry_after(value, expected):
     now = datetime(2024, 1, 1, 12, 0, 0, tzinfo=UTC).timestamp()
     assert parse_retry_after(value, now) == expected
+
+
+def test_negative_retry_after_is_ignored_and_backs_off(server, sleeps):
+    server.script(MARKETS, *[Scripted.error(429, retry_after=-30)] * 2, page=1)
+    client = make_client(server, sleeps, backoff_base=2.0)
+    client.markets_page("usd", 1, 250)
+    assert len(sleeps) == 2
+    for n, wait in enumerate(sleeps, start=1):
+        step = 2.0 * 2 ** (n - 1)
+        assert step / 2 <= wait <= step, (n, wait)
+
+
+def test_zero_retry_after_waits_the_floor(server, sleeps):
+    server.script(MARKETS, Scripted.error(429, retry_after=0), page=1)
+    client = make_client(server, sleeps)
+    client.markets_page("usd", 1, 250)
+    assert sleeps == [MIN_RETRY_WAIT]
+
+
+def test_past_retry_after_date_waits_the_floor(server, sleeps):
+    now = datetime(2024, 1, 1, 12, 0, 0, tzinfo=UTC)
+    header = format_datetime(now - timedelta(minutes=5), usegmt=True)
+    server.script(MARKETS, Scripted.error(429, retry_after=header), page=1)
+    client = make_client(server, sleeps, wall_clock=now.timestamp)
+    client.markets_page("usd", 1, 250)
+    assert sleeps == [MIN_RETRY_WAIT]
+
+
+# -- transport failures: every requests/urllib3 exception comes out typed -------------------
+
+NOT_GZIP = Scripted(status=200, body=b'[{"id": "bitcoin"}]', headers={"Content-Encoding": "gzip"})
+
+
+def test_a_body_that_fails_to_decode_is_retried(server, sleeps):
+    server.script(MARKETS, NOT_GZIP, page=1)
+    client = make_client(server, sleeps)
+    resp = client.markets_page("usd", 1, 250)
+    assert resp.body == page_bytes(server, 1)
+    assert (client.api_calls, client.retries, len(sleeps)) == (2, 1, 1)
+
+
+def test_a_body_that_never_decodes_surfaces_as_unavailable(server, sleeps):
+    server.script(MARKETS, *[NOT_GZIP] * 3)
+    client = make_client(server, sleeps, max_retries=2, backoff_base=0.01)
+    with pytest.raises(SourceUnavailableError) as info:
+        client.markets_page("usd", 1, 250)
+    err = info.value
+    assert err.url in str(err) and "page=1" in err.url
+    assert "DecodeError" in str(err) and "content-encoding: gzip" in str(err)
+    assert "after 3 attempts" in str(err)
+    assert client.api_calls == len(server.requests_to(MARKETS)) == 3
+
+
+def test_a_body_cut_off_mid_way_is_retried(server, sleeps):
+    cut = Scripted(status=200, body=b'[{"id": "bitc', headers={"Content-Length": "5000"})
+    server.script(MARKETS, cut, page=1)
+    client = make_client(server, sleeps)
+    resp = client.markets_page("usd", 1, 250)
+    assert resp.body == page_bytes(server, 1)
+    assert (client.api_calls, client.retries) == (2, 1)
+
+
+class FlakySession(requests.Session):
+    """A real session that raises the queued exceptions first, one per request."""
+
+    def __init__(self, *errors: BaseException) -> None:
+        super().__init__()
+        self.errors = list(errors)
+
+    def get(self, url, **kwargs):  # type: ignore[override]
+        if self.errors:
+            raise self.errors.pop(0)
+        return super().get(url, **kwargs)
+
+
+def _tls_eof_wrapped() -> requests.exceptions.SSLError:
+    """How requests reports a TLS EOF in the wild: SSLError(MaxRetryError(SSLError(SSLEOF)))."""
+    eof = ssl.SSLEOFError(
+        8, "[SSL: UNEXPECTED_EOF_WHILE_READING] EOF occurred in violation of protocol (_ssl.c:1006)"
+    )
+    inner = urllib3.exceptions.SSLError(eof)
+    return requests.exceptions.SSLError(
+        urllib3.exceptions.MaxRetryError(None, "/api/v3/coins/markets", inner)  # type: ignore[arg-type]
+    )
+
+
+def test_tls_eof_is_transient(server, sleeps):
+    session = FlakySession(
+        requests.exceptions.SSLError(ssl.SSLEOFError(8, "EOF occurred in violation of protocol")),
+        _tls_eof_wrapped(),
+    )
+    client = make_client(server, sleeps, session=session)
+    resp = client.markets_page("usd", 1, 250)
+    assert len(server.requests_to(MARKETS)) == 1  # the two failures never reached it
+    assert resp.body == page_bytes(server, 1)
+    assert (client.api_calls, client.retries, len(sleeps)) == (3, 2, 2)
+
+
+def test_tls_eof_past_the_budget_is_unavailable(server, sleeps):
+    session = FlakySession(*[_tls_eof_wrapped() for _ in range(3)])
+    client = make_client(server, sleeps, session=session, max_retries=2, backoff_base=0.01)
+    with pytest.raises(SourceUnavailableError, match="UNEXPECTED_EOF_WHILE_READING"):
+        client.markets_page("usd", 1, 250)
+    assert client.api_calls == 3
+
+
+def test_a_certificate_error_is_not_retried(server, sleeps):
+    cert = ssl.SSLCertVerificationError(
+        1, "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: self-signed certificate"
+    )
+    session = FlakySession(requests.exceptions.SSLError(urllib3.exceptions.SSLError(cert)))
+    client = make_client(server, sleeps, session=session)
+    with pytest.raises(SourceError, match="CERTIFICATE_VERIFY_FAILED") as info:
+        client.markets_page("usd", 1, 250)
+    assert not isinstance(info.value, SourceUnavailableError)
+    assert (client.api_calls, sleeps) == (1, [])
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        urllib3.exceptions.ProtocolError(
+            "Connection aborted.", http.client.RemoteDisconnected("closed")
+        ),
+        urllib3.exceptions.DecodeError("Received response with content-encoding: br"),
+        requests.exceptions.RetryError("too many 500 error responses"),
+        http.client.IncompleteRead(b"[", 10),
+        ConnectionResetError(104, "Connection reset by peer"),
+        TimeoutError("timed out"),
+    ],
+    ids=lambda e: type(e).__name__,
+)
+def test_other_transient_transport_errors_are_retried(server, sleeps, error):
+    client = make_client(server, sleeps, session=FlakySession(error))
+    resp = client.markets_page("usd", 1, 250)
+    assert resp.body == page_bytes(server, 1)
+    assert (client.api_calls, client.retries) == (2, 1)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        requests.exceptions.InvalidJSONError("Out of range float values are not JSON compliant"),
+        requests.exceptions.TooManyRedirects("Exceeded 30 redirects."),
+        requests.exceptions.InvalidURL("Failed to parse: http://[::1"),
+        requests.exceptions.InvalidHeader("Invalid leading whitespace in header value"),
+        urllib3.exceptions.LocationParseError("http://[::1"),
+        urllib3.exceptions.HeaderParsingError([], b"junk"),
+        OSError("Could not find a suitable TLS CA certificate bundle, invalid path: /nope"),
+    ],
+    ids=lambda e: type(e).__name__,
+)
+def test_other_request_errors_are_typed_and_not_retried(server, sleeps, error):
+    client = make_client(server, sleeps, session=FlakySession(error))
+    with pytest.raises(SourceError) as info:
+        client.markets_page("usd", 1, 250)
+    err = info.value
+    assert not isinstance(err, SourceUnavailableError)
+    assert type(error).__name__ in str(err) and "not retried" in str(err)
+    assert err.url in str(err) and err.url.startswith(server.base_url)
+    assert err.__cause__ is error
+    assert (client.api_calls, sleeps) == (1, [])
+    assert server.requests == []
 
 
 def test_client_counts_match_the_server_log(server, sleeps):

@@ -1,4 +1,5 @@
-"""Paging: where it stops (short page, empty page, max_coins, deadline), pure and over real HTTP."""
+"""Paging: where it stops (empty page, max_coins, deadline, repeated page, page limit) and what it
+reports, pure and over real HTTP."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import pytest
 
 from functions.common.errors import ValidationError
 from functions.extract.client import CoinGeckoClient
-from functions.extract.paging import FetchedPage, RawPage, fetch_markets, markets_query
+from functions.extract.paging import MAX_PAGES, FetchedPage, RawPage, fetch_markets, markets_query
+from local_mode import synthetic
 from local_mode.replay_server import ReplayServer
 
 
@@ -31,7 +33,8 @@ class FakeMarket:
 @pytest.mark.parametrize(
     ("size", "per_page", "max_coins", "calls", "counts", "reason"),
     [
-        (520, 250, 1000, [1, 2, 3], [250, 250, 20], "short_page"),
+        # a short page is not the end: the empty page after it confirms it
+        (520, 250, 1000, [1, 2, 3, 4], [250, 250, 20, 0], "empty_page"),
         (500, 250, 1000, [1, 2, 3], [250, 250, 0], "empty_page"),
         (0, 250, 1000, [1], [0], "empty_page"),
         (5000, 250, 600, [1, 2, 3], [250, 250, 100], "max_coins"),
@@ -49,6 +52,8 @@ def test_where_paging_stops(size, per_page, max_coins, calls, counts, reason):
     assert result.stop_reason == reason
     assert result.coin_count == min(size, max_coins)
     assert result.complete and result.next_page is None
+    assert result.end_confirmed
+    assert (result.served_per_page, result.warning) == (None, None)
 
 
 def test_bodies_stay_whole_and_only_the_count_is_trimmed():
@@ -67,7 +72,7 @@ def test_on_page_sees_each_page_as_it_arrives():
         seen.append((page.page, len(market.calls)))
 
     fetch_markets(market, per_page=250, max_coins=1000, on_page=on_page)
-    assert seen == [(1, 1), (2, 2), (3, 3)]
+    assert seen == [(1, 1), (2, 2), (3, 3), (4, 4)]
 
 
 def test_start_page_resumes_after_full_pages():
@@ -87,8 +92,9 @@ def test_deadline_stops_early_and_names_the_next_page():
     assert market.calls == [1, 2]
     assert result.stop_reason == "deadline"
     assert result.next_page == 3
-    assert not result.complete
+    assert not result.complete and not result.end_confirmed
     assert result.coin_count == 500
+    assert "resume at page 3" in result.warning and "500 coins on pages 1-2" in result.warning
     resumed = fetch_markets(market, per_page=250, max_coins=600, start_page=result.next_page)
     assert [p.page for p in resumed.pages] == [3]
     assert resumed.coin_count == 100
@@ -100,6 +106,98 @@ def test_deadline_already_near_fetches_nothing():
         market, per_page=250, max_coins=600, deadline=lambda: 1.0, reserve_seconds=2.0
     )
     assert (market.calls, result.pages, result.next_page) == ([], [], 1)
+    assert "before fetching any page" in result.warning
+
+
+class CappedMarket:
+    """A market served ``cap`` rows per page whatever per_page asks (pages of 3, 3, 2 ...)."""
+
+    def __init__(self, size: int, cap: int) -> None:
+        self.coins = [{"id": f"coin-{i}"} for i in range(size)]
+        self.cap = cap
+        self.calls: list[int] = []
+
+    def __call__(self, page: int) -> RawPage:
+        self.calls.append(page)
+        rows = self.coins[(page - 1) * self.cap : page * self.cap]
+        return RawPage(json.dumps(rows).encode(), len(rows))
+
+
+def test_a_capped_page_size_does_not_end_paging():
+    market = CappedMarket(8, cap=3)
+    result = fetch_markets(market, per_page=5, max_coins=1000)
+    assert market.calls == [1, 2, 3, 4]
+    assert [p.count for p in result.pages] == [3, 3, 2, 0]
+    assert result.coin_count == 8
+    assert (result.stop_reason, result.end_confirmed) == ("empty_page", True)
+    assert result.served_per_page == 3
+    assert result.warning == "the server served 3 rows per page although 5 were asked"
+
+
+def test_a_capped_page_size_with_max_coins():
+    market = CappedMarket(8, cap=3)
+    result = fetch_markets(market, per_page=5, max_coins=7)
+    assert market.calls == [1, 2, 3]
+    assert [p.count for p in result.pages] == [3, 3, 1]
+    assert (result.stop_reason, result.end_confirmed, result.served_per_page) == (
+        "max_coins",
+        True,
+        3,
+    )
+
+
+@pytest.mark.parametrize("rows", [5, 3])  # a full page, or a short one, served for every page
+def test_a_server_ignoring_page_stops_at_the_repeat(rows):
+    body = json.dumps([{"id": f"coin-{i}"} for i in range(rows)]).encode()
+    calls: list[int] = []
+    kept: list[int] = []
+
+    def fetch(page: int) -> RawPage:
+        calls.append(page)
+        return RawPage(body, rows)
+
+    result = fetch_markets(fetch, per_page=5, max_coins=1000, on_page=lambda p: kept.append(p.page))
+    assert calls == [1, 2]
+    assert kept == [p.page for p in result.pages] == [1]  # the repeat is neither kept nor counted
+    assert result.coin_count == rows
+    assert (result.stop_reason, result.end_confirmed) == ("repeated_page", False)
+    assert result.served_per_page is None
+    assert "page 2 repeated page 1 byte for byte" in result.warning
+    assert "not confirmed" in result.warning
+
+
+def test_a_market_that_never_ends_stops_at_the_page_limit():
+    market = FakeMarket(10**9, 1)
+
+    def fetch(page: int) -> RawPage:
+        assert len(market.calls) <= MAX_PAGES, "paging did not stop at the page limit"
+        return market(page)
+
+    result = fetch_markets(fetch, per_page=1, max_coins=10**9)
+    assert len(market.calls) == len(result.pages) == MAX_PAGES
+    assert (result.stop_reason, result.end_confirmed, result.next_page) == (
+        "page_limit",
+        False,
+        None,
+    )
+    assert f"page limit ({MAX_PAGES} pages)" in result.warning
+
+
+def test_the_page_limit_counts_pages_of_this_call():
+    market = FakeMarket(10**6, 10)
+    result = fetch_markets(market, per_page=10, max_coins=10**6, start_page=5, max_pages=3)
+    assert market.calls == [5, 6, 7]
+    assert result.stop_reason == "page_limit"
+    assert "30 coins on pages 5-7" in result.warning
+
+
+@pytest.mark.parametrize("max_pages", [0, -1, 2.0, True])
+def test_invalid_max_pages(max_pages):
+    market = FakeMarket(10, 5)
+    with pytest.raises(ValidationError) as info:
+        fetch_markets(market, per_page=5, max_coins=10, max_pages=max_pages)
+    assert info.value.field == "max_pages"
+    assert market.calls == []
 
 
 @pytest.mark.parametrize(
@@ -149,7 +247,7 @@ def _http_fetch(server: ReplayServer, per_page: int):
 @pytest.mark.parametrize(
     ("coins", "max_coins", "pages", "counts", "reason"),
     [
-        (520, 1000, [1, 2, 3], [250, 250, 20], "short_page"),
+        (520, 1000, [1, 2, 3, 4], [250, 250, 20, 0], "empty_page"),
         (500, 1000, [1, 2, 3], [250, 250, 0], "empty_page"),
         (1000, 600, [1, 2, 3], [250, 250, 100], "max_coins"),
     ],
@@ -164,3 +262,21 @@ def test_paging_over_http(coins, max_coins, pages, counts, reason):
     kept = [c for p in result.pages for c in json.loads(p.body)[: p.count]]
     assert [c["market_cap_rank"] for c in kept[:3]] == [1, 2, 3]
     assert len({c["id"] for c in kept}) == min(coins, max_coins)
+
+
+def test_a_capped_page_size_over_http(tmp_path):
+    """Recorded pages of 3, 3 and 2 coins, served as recorded although per_page=5 is asked."""
+    coins = synthetic.generate_markets(8, seed=11)
+    for n, rows in enumerate((coins[0:3], coins[3:6], coins[6:8]), start=1):
+        (tmp_path / f"markets-page-{n:04d}.json").write_text(json.dumps(rows))
+    with ReplayServer.from_directory(tmp_path) as server:
+        result = fetch_markets(_http_fetch(server, 5), per_page=5, max_coins=1000)
+        requested = server.requests_to("/coins/markets")
+    assert [r.page for r in requested] == [1, 2, 3, 4]
+    assert {r.query["per_page"] for r in requested} == {"5"}
+    assert result.coin_count == 8
+    kept = [c["id"] for p in result.pages for c in json.loads(p.body)[: p.count]]
+    assert kept == [c["id"] for c in coins]
+    assert (result.stop_reason, result.end_confirmed) == ("empty_page", True)
+    assert result.served_per_page == 3
+    assert "3 rows per page although 5 were asked" in result.warning

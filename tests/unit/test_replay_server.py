@@ -7,13 +7,14 @@ import json
 import re
 import shutil
 import socket
+from datetime import datetime
 from pathlib import Path
 
 import pytest
 import requests
 
 from local_mode import synthetic
-from local_mode.replay_server import ReplayServer, Scripted, main
+from local_mode.replay_server import MarketSource, ReplayServer, Scripted, main
 
 ISO_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
 
@@ -152,6 +153,47 @@ def test_slow_response_times_out_the_client(server):
         get(server, "/ping", timeout=0.2)
 
 
+def test_scripted_headers_replace_the_defaults(server):
+    server.script("/ping", Scripted(status=200, body=b"<html>hi</html>",
+                                    headers={"Content-Type": "text/html"}))  # fmt: skip
+    resp = get(server, "/ping")
+    assert resp.headers["Content-Type"] == "text/html"  # once, not joined with the default
+    assert resp.content == b"<html>hi</html>"
+
+
+def test_scripted_content_length_cuts_the_body_off(server):
+    server.script("/ping", Scripted(status=200, body=b'{"gecko', headers={"Content-Length": "500"}))
+    with pytest.raises(requests.exceptions.ChunkedEncodingError, match="IncompleteRead"):
+        get(server, "/ping")
+    assert get(server, "/ping").json() == {"gecko_says": "(V3) To the Moon!"}
+
+
+def test_scripted_content_encoding_goes_out_as_given(server):
+    server.script("/ping", Scripted(status=200, body=b"[]", headers={"Content-Encoding": "gzip"}))
+    with pytest.raises(requests.exceptions.ContentDecodingError):
+        get(server, "/ping")
+
+
+class BrokenSource(MarketSource):
+    kind = "broken"
+
+    def markets(self, query, page, per_page):
+        raise RuntimeError(f"no page {page} here")
+
+    def global_data(self):
+        raise KeyError("last_updated")
+
+
+def test_an_exception_while_answering_is_a_500_not_a_dropped_connection():
+    with ReplayServer(BrokenSource()) as srv:
+        resp = get(srv, "/coins/markets", vs_currency="usd", page=2)
+        assert resp.status_code == 500
+        assert resp.json() == {"error": "replay server: RuntimeError: no page 2 here"}
+        assert get(srv, "/global").status_code == 500
+        assert get(srv, "/ping").status_code == 200  # still serving
+        assert [r.status for r in srv.requests] == [500, 500, 200]
+
+
 def test_rate_limit_with_retry_after():
     clock = [100.0]
     with ReplayServer.synthetic(coins=50, seed=1, clock=lambda: clock[0]) as srv:
@@ -259,6 +301,25 @@ def test_directory_without_global_serves_a_body_without_totals(tmp_path, shared_
     assert data["total_market_cap"] == data["total_volume"] == data["market_cap_percentage"] == {}
     assert data["active_cryptocurrencies"] == 100
     assert data["updated_at"] > 1_700_000_000
+
+
+def test_directory_rows_without_last_updated_are_served_as_recorded(tmp_path):
+    coins = synthetic.generate_markets(4, seed=2)
+    del coins[1]["last_updated"]
+    coins[2]["last_updated"] = None
+    coins[3]["id"] = ["not", "a", "string"]
+    page = json.dumps(coins).encode()
+    (tmp_path / "markets-page-0001.json").write_bytes(page)
+    with ReplayServer.from_directory(tmp_path) as srv:
+        assert get(srv, "/coins/markets", vs_currency="usd").content == page
+        resp = get(srv, "/global")
+    assert resp.status_code == 200
+    assert resp.headers["X-Replay-Synthesized"] == "global"
+    data = resp.json()["data"]
+    stamps = [c["last_updated"] for c in (coins[0], coins[3])]
+    expected = max(datetime.fromisoformat(s.replace("Z", "+00:00")).timestamp() for s in stamps)
+    assert data["updated_at"] == int(expected)
+    assert data["active_cryptocurrencies"] == 3  # the ids that are strings
 
 
 def test_missing_directory_is_an_error(tmp_path):
