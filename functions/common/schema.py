@@ -3,9 +3,17 @@
 The processed file is a gzip'd CSV with a header row of these lower-case names, in this order.
 Encoding rules (both sides rely on them):
 
-* NULL is an empty field; strings are quoted with ``"`` when needed (pandas default).
-* Floats are written with full precision (``repr``), ints without a decimal point.
-* Timestamps are UTC, ``YYYY-MM-DD HH:MM:SS.ffffff+00:00``; dates ``YYYY-MM-DD``.
+* Fields are separated by ``,``, rows end with ``\n``; the header row holds the bare names.
+* Every text (VARCHAR) value is enclosed in ``"``, a ``"`` inside it doubled, no escape
+  character; ``\r``, ``\n``, ``,``, tabs, backslashes and any non-ASCII text are kept as is
+  inside the quotes. Text is valid UTF-8 without NUL (the transform refuses a lone surrogate or
+  a NUL as ``invalid_text``).
+* NULL is an *unquoted* empty field (an empty string is NULL too: there is no quoted ``""``).
+* Floats are written with full precision (``repr``), ints without a decimal point; numbers,
+  timestamps and dates are never quoted.
+* Timestamps are UTC, ``YYYY-MM-DD HH:MM:SS.ffffff+00:00`` (``TIMESTAMP_FORMAT``) for any year
+  0001-9999, 4-digit years; dates ``YYYY-MM-DD``.
+* ``functions.transform.csv_gz.verify_csv_gz`` reads a file back with exactly these rules.
 
 Snowflake column names are the upper-case versions; ``LOADED_AT`` is added by the load.
 """

@@ -1,8 +1,10 @@
 """Raw CoinGecko ``/coins/markets`` pages -> the processed table (pure: pandas only, no I/O).
 
 Every step works on whole columns: no per-row Python loops, no ``apply(axis=1)``/``iterrows``
-(JSON types are told apart with ``Series.map(type)``, nested objects read with ``map(dict.get)``).
-The only Python loops run over pages and over columns. The rules, decided here:
+(JSON types are told apart with ``Series.map(type)``, nested objects read with ``dict.get`` as a
+NumPy ufunc; text stays in object columns on pandas 2 and 3).
+The only Python loops run over pages and over columns, plus one over the (rare) null cells that
+might be a JSON ``NaN`` literal (see Types). The rules, decided here:
 
 Rows and pages
     Pages are concatenated in page-number order. Each page is cut to the row count its manifest
@@ -22,19 +24,45 @@ Rejects (the row goes to ``rejected/`` with ``reject_reason`` listing every code
     ``invalid_type:<field>``          ``id``/``symbol``/``name``/``roi.currency`` not a string,
                                       ``image`` neither a string nor an object, ``roi`` not an
                                       object;
+    ``invalid_type:<field>``          also any field holding a JSON ``NaN`` literal (below) where
+                                      a string or object belongs;
     ``too_long:<column>``             text longer than its Snowflake VARCHAR (the COPY would abort);
+    ``invalid_text:<column>``         text (``coin_id``, ``symbol``, ``name``, ``image_url``,
+                                      ``roi_currency``) holding a lone UTF-16 surrogate (valid JSON
+                                      ``"\\ud83d"``, but not encodable as UTF-8: the file could not
+                                      be written) or a NUL character (never part of a real name or
+                                      URL, and how Snowflake's COPY takes one is not documented;
+                                      the emulator's DuckDB does load it);
     ``invalid_number:<column>``       a number field holding something that is not a finite number
-                                      (booleans, objects, ``"abc"``, ``""``, ``"inf"``), or a
-                                      non-integral / out-of-range ``market_cap_rank``;
-    ``invalid_timestamp:<column>``    a timestamp field that is not an ISO-8601 string;
-    ``negative:<column>``             ``current_price``, ``market_cap`` or ``total_volume`` < 0.
+                                      (booleans, objects, ``"abc"``, ``""``, ``"inf"``, ``"NaN"``,
+                                      the JSON literals ``NaN``/``Infinity`` that Python's
+                                      ``json`` accepts), or a non-integral / out-of-range
+                                      ``market_cap_rank``;
+    ``invalid_timestamp:<column>``    a timestamp field that is not an ISO-8601 string, or whose
+                                      instant in UTC falls outside years 0001-9999 (or a ``NaN``);
+    ``negative:<column>``             ``current_price``, ``market_cap`` or ``total_volume`` < 0;
+    ``exceeds_global_total:<column>`` on the ``global`` basis only: ``market_cap`` above
+                                      ``/global``'s total market cap, or ``total_volume`` above its
+                                      total volume. A coin worth more than the whole market is an
+                                      impossible fact (seen: a spam token at ~3e27 USD), and keeping
+                                      it would put a share above 100 % in CRYPTO_DATA and corrupt
+                                      every SUM over the snapshot; ``reject_detail`` has the value
+                                      and the total.
     Invalid values are never silently nulled: a garbled number marks a broken row, and the rejected
     file keeps the offending raw values in ``reject_detail`` (with ``source_page``/``source_row``).
+    A refused text value (too long, invalid text) is NULL in the rejected file's own column (its
+    escaped ``repr`` is in ``reject_detail``), so that file always encodes as UTF-8.
 
 Types
-    Numbers: JSON ints, floats, and numeric strings (``"1.2e-7"``, ``" 12 "``) -> float64; null,
-    absent key or NaN -> NULL. ``market_cap_rank`` -> nullable Int64. Timestamps: ISO-8601 strings
-    with ``Z``, an offset, or none (taken as UTC) -> UTC. Text is kept exactly as given
+    Numbers: JSON ints, floats, and numeric strings (``"1.2e-7"``, ``" 12 "``) -> float64; JSON
+    null or an absent key -> NULL. A NaN is not null: ``json.loads`` turns the (non-standard)
+    literal ``NaN`` into ``float("nan")``, which is told apart from null on the raw objects (pandas
+    would turn None into NaN) and rejected like ``Infinity``. ``market_cap_rank`` -> nullable
+    Int64. Timestamps: ISO-8601 strings (the forms pandas' ``format="ISO8601"`` reads) with ``Z``,
+    an offset, or none (taken as UTC) -> ``datetime64[us, UTC]``, for any instant in years
+    0001-9999 on pandas 2 and 3 alike (pandas 2's default nanosecond unit stops at 1677-2262:
+    strings outside it are parsed 400 Gregorian years nearer, which is the same calendar, and
+    shifted back; digits below a microsecond are truncated). Text is kept exactly as given
     (``symbol`` is NOT lower-cased: CoinGecko already sends it lower-case, and ``id`` is the key,
     not ``symbol``); an empty string is NULL (the CSV cannot tell them apart anyway).
 
@@ -52,20 +80,31 @@ Dominance
     finite numbers. Otherwise (no body, error body, currency missing, zero) both use the sums of
     the accepted rows' caps / volumes and ``dominance_basis = 'fetched'`` (one flag per snapshot, so
     both percentages always share a basis). A NULL market cap (volume) gives a NULL percentage;
-    a zero denominator gives NULL percentages.
+    a zero denominator gives NULL percentages. On the global basis a row above the total is
+    rejected (``exceeds_global_total``), so no stored share exceeds 100 %; the fetched sums are
+    taken over the rows kept. ``quality.dominance_basis_reason`` says why the basis is
+    ``fetched`` (``"/global unavailable: <global_error>"`` when the caller says why there is no
+    body).
 
 Quality checks (reported in ``quality.checks``; only "no valid rows" raises DataQualityError)
     rows accounted for, coin ids unique, ranks positive, dominance sum <= 100 (+1e-6), volume sum
     <= 200 (each trade is counted once for each of its two coins, so per-coin volumes add up to
     more than /global's total: the two recorded captures with a same-day /global give 125% and
-    155% for their top 100 coins).
+    155% for their top 100 coins). Each check is ``{name, passed, detail, coins, coin_count}``:
+    ``coins`` names the coin ids behind a failed check (at most ``SAMPLE_SIZE``), ``coin_count``
+    how many there are; both empty/0 when it passed. ``unique_coin_ids``: the repeated ids;
+    ``ranks_positive``: the coins ranked <= 0 (both sorted by id); the two sum checks: every coin
+    with a share counts, ``coins`` are the largest shares, largest first. ``quality.failed_checks``
+    lists the failed checks' names; ``quality.rejected_coins`` samples the first ``SAMPLE_SIZE``
+    rejected rows as ``{coin_id, reason, source_page, source_row}`` (coin_id null when unknown or
+    itself refused).
 """
 
 from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from operator import methodcaller
@@ -80,6 +119,7 @@ from functions.common.schema import COLUMN_NAMES, PROCESSED_COLUMNS, REJECT_REAS
 BASIS_GLOBAL = "global"
 BASIS_FETCHED = "fetched"
 SUM_EPSILON = 1e-6
+SAMPLE_SIZE = 20  # coin ids named per failed check, rejected rows sampled in the quality summary
 
 # Extra columns of the rejected file (after the processed columns and the reason).
 REJECT_DETAIL_COLUMN = "reject_detail"
@@ -142,6 +182,30 @@ _MAX_LEN = {
     for name, sqltype, _ in PROCESSED_COLUMNS
     if (m := _VARCHAR_RE.match(sqltype)) is not None
 }
+# NUL, or a lone surrogate (a str holding one cannot be encoded as UTF-8).
+_BAD_TEXT_RE = re.compile("[\x00\ud800-\udfff]")
+# Instants a timestamp may hold (Snowflake's and Python's years 0001-9999), in microseconds.
+_MIN_US = np.datetime64("0001-01-01T00:00:00", "us")
+_MAX_US = np.datetime64("9999-12-31T23:59:59.999999", "us")
+# pandas 2 parses strings to nanoseconds only inside 1677-09-21..2262-04-11; the Gregorian
+# calendar repeats every 400 years (146097 days, a whole number of weeks), so a year outside
+# [_SAFE_FIRST_YEAR, _SAFE_FIRST_YEAR + 400) is parsed that many cycles nearer and shifted back.
+_SAFE_FIRST_YEAR = 1700
+_CYCLE_YEARS = 400
+_CYCLE = np.timedelta64(146097, "D").astype("timedelta64[us]")
+_SAFE_FIRST = np.datetime64(f"{_SAFE_FIRST_YEAR}-01-01", "us")
+_SAFE_END = np.datetime64(f"{_SAFE_FIRST_YEAR + _CYCLE_YEARS}-01-01", "us")
+_YEAR_PREFIX_RE = r"[0-9]{4}"  # ASCII digits only (\d would take other scripts' digits)
+
+
+class _NaNLiteral:
+    """Stands in for a raw ``float('nan')`` (JSON ``NaN``), so it is not taken for a null."""
+
+    def __repr__(self) -> str:
+        return "NaN"
+
+
+_NAN_LITERAL = _NaNLiteral()
 
 
 @dataclass
@@ -176,6 +240,9 @@ def _as_object(raw: pd.Series) -> pd.Series:
     return raw.astype(object)
 
 
+_NUMERIC_INFERRED = frozenset({"floating", "integer", "mixed-integer-float", "empty"})
+
+
 def _to_float(raw: pd.Series) -> tuple[pd.Series, pd.Series]:
     """Numbers and numeric strings -> float64; anything else that is present is invalid."""
     if (pd.api.types.is_float_dtype(raw) or pd.api.types.is_integer_dtype(raw)) and not (
@@ -185,6 +252,16 @@ def _to_float(raw: pd.Series) -> tuple[pd.Series, pd.Series]:
         invalid = values.notna() & ~np.isfinite(values)
         return values.where(~invalid), invalid
     obj = _as_object(raw)
+    # The common case, a column of only JSON numbers and nulls, without a per-value type check.
+    if pd.api.types.infer_dtype(obj, skipna=True) in _NUMERIC_INFERRED:
+        try:
+            values = pd.Series(obj.to_numpy().astype("float64"), index=obj.index)
+        except OverflowError:  # an int beyond float range: the general path below refuses it
+            pass
+        else:
+            # NaN here is null: a raw NaN is _NAN_LITERAL by now, which is not "numeric".
+            invalid = pd.Series(np.isinf(values.to_numpy()), index=obj.index)
+            return values.where(~invalid), invalid
     present = obj.notna()
     usable = _types(obj).isin([int, float, str])  # bool is a subclass, but type() is exact
     values = pd.to_numeric(obj.where(usable), errors="coerce").astype("float64")
@@ -205,34 +282,108 @@ def _text_len(values: pd.Series) -> pd.Series:
     return values.map(len, na_action="ignore").fillna(0).astype("int64")
 
 
-def _nonempty_str(obj: pd.Series) -> pd.Series:
+def _nonempty_str(obj: pd.Series, is_str: pd.Series | None = None) -> pd.Series:
     """The non-empty strings of ``obj``; everything else NA (object dtype)."""
-    strings = obj.where(_types(obj).eq(str)).astype(object)
-    return strings.where(_text_len(strings) > 0)
+    if is_str is None:
+        is_str = _types(obj).eq(str)
+    return obj.where(is_str & obj.ne("")).astype(object)
 
 
-def _to_text(raw: pd.Series, max_len: int) -> tuple[pd.Series, pd.Series, pd.Series]:
-    """Strings as given ('' -> NULL); returns (values, wrong-type mask, too-long mask)."""
+def _longer_than(values: pd.Series, max_len: int) -> pd.Series:
+    """Mask of the strings of ``values`` (str or NA) longer than ``max_len``."""
+    strings = values.dropna().tolist()
+    if max(map(len, strings), default=0) <= max_len:  # one C pass; per value only if needed
+        return pd.Series(False, index=values.index)
+    return _text_len(values) > max_len
+
+
+def _bad_text(values: pd.Series) -> pd.Series:
+    """Mask of the strings holding NUL or a lone surrogate (``values``: str or NA, object)."""
+    strings = values.dropna().tolist()
+    # One regex scan over the joined column: the per-value pass runs only when it finds one.
+    if _BAD_TEXT_RE.search("\n".join(strings)) is None:
+        return pd.Series(False, index=values.index)
+    found = values.map(_BAD_TEXT_RE.search, na_action="ignore")
+    return found.notna() & values.notna()
+
+
+def _to_text(raw: pd.Series, max_len: int) -> tuple[pd.Series, pd.Series, pd.Series, pd.Series]:
+    """Strings as given ('' -> NULL); returns (values, wrong-type, too-long, invalid-text masks)."""
     obj = _as_object(raw)
     is_str = _types(obj).eq(str)
     wrong_type = obj.notna() & ~is_str
-    values = _nonempty_str(obj)
-    too_long = _text_len(values) > max_len
-    return values, wrong_type, too_long
+    values = _nonempty_str(obj, is_str)
+    return values, wrong_type, _longer_than(values, max_len), _bad_text(values)
+
+
+def _parse_iso(strings: pd.Series) -> pd.Series:
+    """ISO-8601 strings (or NA) -> datetime64[us, UTC]; NaT where pandas cannot read one."""
+    parsed = pd.to_datetime(strings, utc=True, errors="coerce", format="ISO8601")
+    return parsed.astype("datetime64[us, UTC]")
+
+
+def _between(stamps: pd.Series, first: np.datetime64, end: np.datetime64) -> np.ndarray:
+    """Mask of the instants in [first, end) (NaT: False) of a datetime64[us, UTC] Series."""
+    naive = stamps.dt.tz_localize(None).to_numpy()
+    return (naive >= first) & (naive < end)
+
+
+def _parse_far_years(strings: pd.Series) -> pd.Series:
+    """Like ``_parse_iso`` for strings starting with a year outside the safe window.
+
+    Each year is moved by whole 400-year cycles into [1700, 2100), parsed, and the instant moved
+    back by as many cycles (146097 days each), so pandas 2 (nanoseconds) and 3 read them alike.
+    """
+    years = strings.str.slice(0, 4).astype("int64")
+    cycles = (years - _SAFE_FIRST_YEAR) // _CYCLE_YEARS
+    near_years = (years - cycles * _CYCLE_YEARS).map("{:04d}".format).astype(object)
+    near = near_years + strings.str.slice(4).astype(object)  # object: see _map_object
+    return _parse_iso(near) + cycles.to_numpy() * _CYCLE
 
 
 def _to_timestamp(raw: pd.Series) -> tuple[pd.Series, pd.Series]:
-    """ISO-8601 strings (Z, offsets, or naive = UTC) -> datetime64 UTC; others invalid."""
+    """ISO-8601 strings (Z, offsets, or naive = UTC) -> datetime64[us, UTC]; others invalid.
+
+    Valid for any instant from 0001-01-01 to 9999-12-31 (UTC) on pandas 2 and 3 alike.
+    """
     obj = _as_object(raw)
     is_str = _types(obj).eq(str)
-    parsed = pd.to_datetime(obj.where(is_str), utc=True, errors="coerce", format="ISO8601")
+    strings = obj.where(is_str)
+    parsed = _parse_iso(strings)
+    # Strings pandas 2 could not read (NaT) and instants outside the safe window (which pandas 3
+    # reads itself) are read again by the cycle shift, so both majors accept the same forms;
+    # outside the window only what the shift reads is kept.
+    in_window = _between(parsed, _SAFE_FIRST, _SAFE_END)
+    outside = is_str.to_numpy() & ~in_window
+    if outside.any():
+        far = np.zeros(len(obj), dtype=bool)
+        far[outside] = strings[outside].str.match(_YEAR_PREFIX_RE, na=False).to_numpy(bool)
+        keep = in_window
+        if far.any():
+            reread = _parse_far_years(strings[far])
+            keep[far] = _between(reread, _MIN_US, _MAX_US + np.timedelta64(1, "us"))
+            parsed = parsed.where(~far, reread.reindex(parsed.index))
+        parsed = parsed.where(keep)
     invalid = obj.notna() & parsed.isna()
     return parsed, invalid
 
 
+def _map_object(values: pd.Series, func: Callable[[Any], Any]) -> pd.Series:
+    """``func`` over the non-NA values (None elsewhere), as an object Series.
+
+    Not ``Series.map``: pandas 3 would store a result of strings as its Arrow-backed ``str``
+    dtype, which raises on a lone surrogate before the row can be rejected for it.
+    """
+    out = np.full(len(values), None, dtype=object)
+    present = values.notna().to_numpy()
+    if present.any():
+        out[present] = np.frompyfunc(func, 1, 1)(values.to_numpy(dtype=object)[present])
+    return pd.Series(out, index=values.index, dtype=object)
+
+
 def _dict_get(dicts: pd.Series, key: str) -> pd.Series:
     """``d.get(key)`` for a Series holding dicts or NA."""
-    return dicts.map(methodcaller("get", key), na_action="ignore").astype(object)
+    return _map_object(dicts, methodcaller("get", key))
 
 
 def _image_url(raw: pd.Series) -> tuple[pd.Series, pd.Series]:
@@ -313,18 +464,55 @@ def _assemble(
     return rows, page_arr, row_arr, trimmed
 
 
+def _is_nan(value: Any) -> bool:
+    return isinstance(value, float) and value != value
+
+
+def _nan_literals(containers: np.ndarray, key: str, candidates: np.ndarray) -> np.ndarray:
+    """Mask of the ``candidates`` rows whose dict in ``containers`` holds a NaN under ``key``."""
+    found = np.zeros(len(candidates), dtype=bool)
+    idx = np.flatnonzero(candidates)
+    if len(idx):
+        found[idx] = [_is_nan(d.get(key)) for d in containers[idx]]
+    return found
+
+
+def _mark_nan_literals(frame: pd.DataFrame, entries: np.ndarray, not_object: pd.Series) -> None:
+    """Replace the raw NaNs of ``frame`` by ``_NAN_LITERAL`` (in place), keeping nulls null.
+
+    In the frame an absent key is NaN too, so a NaN cell is looked up in its source dict (None
+    cells, JSON null, are not NaN: only absent keys and real NaNs are looked up).
+    """
+    objects = ~not_object.to_numpy(dtype=bool)
+    for name in frame.columns.intersection(sorted(USED_FIELDS)):
+        column = frame[name]
+        cells = column.to_numpy()
+        # A NaN is the one value not equal to itself (None, text, numbers and dicts are).
+        candidates = objects & np.not_equal(cells, cells)
+        if candidates.any():
+            literal = _nan_literals(entries, name, candidates)
+            if literal.any():
+                frame[name] = column.where(~literal, _NAN_LITERAL)
+
+
 def _frame(rows: list[Any]) -> tuple[pd.DataFrame, pd.Series]:
-    """A DataFrame of the JSON objects (positional index) and the not-an-object mask."""
+    """A DataFrame of the JSON objects (positional index, object dtype) and the not-an-object mask.
+
+    Object dtype throughout: None stays apart from NaN, and pandas 3 does not store text as its
+    Arrow-backed ``str`` dtype (which raises on a lone surrogate before it can be rejected).
+    """
     entries = pd.Series(rows, dtype=object)
     is_obj = _types(entries).eq(dict) if len(entries) else pd.Series([], dtype=bool)
     if bool(is_obj.all()):
-        frame = pd.DataFrame.from_records(rows) if rows else pd.DataFrame()
+        frame = pd.DataFrame(rows, dtype=object) if rows else pd.DataFrame()
     else:
         objs = entries[is_obj]
-        frame = pd.DataFrame.from_records(objs.tolist(), index=objs.index)
+        frame = pd.DataFrame(objs.tolist(), index=objs.index, dtype=object)
         frame = frame.reindex(entries.index)
     frame.index = pd.RangeIndex(len(rows))
-    return frame, (~is_obj).reset_index(drop=True)
+    not_object = (~is_obj).reset_index(drop=True)
+    _mark_nan_literals(frame, entries.to_numpy(), not_object)
+    return frame, not_object
 
 
 # --- dominance ------------------------------------------------------------------------------
@@ -387,9 +575,15 @@ class _Problems:
         self.counts: dict[str, int] = {}
 
     def add(
-        self, code: str, mask: pd.Series, raw: pd.Series | None = None, label: str = ""
+        self,
+        code: str,
+        mask: pd.Series,
+        raw: pd.Series | None = None,
+        label: str = "",
+        suffix: str = "",
     ) -> None:
-        """Mark the rows of ``mask`` with ``code``; note ``label=<raw value>`` in the detail."""
+        """Mark the rows of ``mask`` with ``code``; note ``label=<raw value><suffix>`` in the
+        detail."""
         flags = mask.to_numpy(dtype=bool)
         hits = int(flags.sum())
         if not hits:
@@ -399,13 +593,33 @@ class _Problems:
         self.reasons[flags] = np.where(current == "", code, current + "; " + code)
         if raw is not None:
             shown = raw[mask].map(_short_repr).to_numpy(dtype=object)
-            item = (label or code) + "=" + shown
+            item = (label or code) + "=" + shown + suffix
             current = self.details[flags]
             self.details[flags] = np.where(current == "", item, current + "; " + item)
 
     @property
     def rejected(self) -> np.ndarray:
         return self.reasons != ""
+
+
+def _text_column(
+    raw: pd.Series, column: str, field: str, problems: _Problems
+) -> tuple[pd.Series, pd.Series]:
+    """A text column with its problems recorded; refused values NULL. Returns (values, wrong)."""
+    values, wrong, too_long, bad = _to_text(raw, _MAX_LEN[column])
+    problems.add(f"invalid_type:{field}", wrong, raw, field)
+    problems.add(f"too_long:{column}", too_long, raw, field)
+    problems.add(f"invalid_text:{column}", bad, raw, field)
+    return values.where(~too_long & ~bad), wrong
+
+
+def _roi_part(dicts: pd.Series, is_dict: pd.Series, part: str, empty: pd.Series) -> pd.Series:
+    """``roi[part]`` per row (NA where roi is not an object), a NaN kept apart from null."""
+    if not is_dict.any():
+        return empty
+    sub = _dict_get(dicts, part)
+    literal = _nan_literals(dicts.to_numpy(), part, (is_dict & sub.isna()).to_numpy())
+    return sub.where(~literal, _NAN_LITERAL) if literal.any() else sub
 
 
 def _normalise(
@@ -420,23 +634,21 @@ def _normalise(
 
     cols: dict[str, pd.Series] = {}
     # id: the key
-    ids, wrong, too_long = _to_text(raw("id"), _MAX_LEN["coin_id"])
-    stripped = ids.map(methodcaller("strip"), na_action="ignore")
-    blank = ((ids.isna() & ~wrong) | stripped.eq("")) & ~not_object
+    ids, wrong = _text_column(raw("id"), "coin_id", "id", problems)
+    raw_ids = _nonempty_str(_as_object(raw("id")))
+    stripped = _map_object(raw_ids, methodcaller("strip"))
+    blank = ((raw_ids.isna() & ~wrong) | stripped.eq("")) & ~not_object
     problems.add("missing_id", blank, raw("id"), "id")
-    problems.add("invalid_type:id", wrong, raw("id"), "id")
-    problems.add("too_long:coin_id", too_long, raw("id"), "id")
-    cols["coin_id"] = ids.where(~too_long)
+    cols["coin_id"] = ids
     for name in ("symbol", "name"):
-        values, wrong, too_long = _to_text(raw(name), _MAX_LEN[name])
-        problems.add(f"invalid_type:{name}", wrong, raw(name), name)
-        problems.add(f"too_long:{name}", too_long, raw(name), name)
-        cols[name] = values.where(~too_long)
+        cols[name], _ = _text_column(raw(name), name, name, problems)
     url, wrong = _image_url(raw("image"))
     too_long = _text_len(url) > _MAX_LEN["image_url"]
+    bad = _bad_text(url)
     problems.add("invalid_type:image", wrong, raw("image"), "image")
     problems.add("too_long:image_url", too_long, raw("image"), "image")
-    cols["image_url"] = url.where(~too_long)
+    problems.add("invalid_text:image_url", bad, raw("image"), "image")
+    cols["image_url"] = url.where(~too_long & ~bad)
 
     for name, _, kind in PROCESSED_COLUMNS:
         if name in _DERIVED:
@@ -456,18 +668,34 @@ def _normalise(
     problems.add("invalid_type:roi", roi.notna() & ~is_dict, roi, "roi")
     dicts = roi.where(is_dict)
     for part in ("times", "percentage"):
-        sub = _dict_get(dicts, part) if is_dict.any() else empty
+        sub = _roi_part(dicts, is_dict, part, empty)
         cols[f"roi_{part}"], bad = _to_float(sub)
         problems.add(f"invalid_number:roi_{part}", bad, sub, f"roi.{part}")
-    sub = _dict_get(dicts, "currency") if is_dict.any() else empty
-    currency, wrong, too_long = _to_text(sub, _MAX_LEN["roi_currency"])
-    problems.add("invalid_type:roi.currency", wrong, sub, "roi.currency")
-    problems.add("too_long:roi_currency", too_long, sub, "roi.currency")
-    cols["roi_currency"] = currency.where(~too_long)
+    sub = _roi_part(dicts, is_dict, "currency", empty)
+    cols["roi_currency"], _ = _text_column(sub, "roi_currency", "roi.currency", problems)
 
     for name in NEGATIVE_CHECKED:
         problems.add(f"negative:{name}", cols[name].lt(0).fillna(False), cols[name], name)
     return cols
+
+
+def _check(name: str, passed: bool, detail: str, coins: Sequence[str] = ()) -> dict[str, Any]:
+    """One quality check; ``coins`` (the ids behind it) is reported only when it failed."""
+    named = [] if passed else list(coins)
+    return {
+        "name": name,
+        "passed": bool(passed),
+        "detail": detail,
+        "coins": named[:SAMPLE_SIZE],
+        "coin_count": len(named),
+    }
+
+
+def _largest_shares(processed: pd.DataFrame, column: str) -> list[str]:
+    """The coin ids with a share in ``column``, largest share first (ties by id)."""
+    shares = processed.loc[processed[column].notna(), ["coin_id", column]]
+    ordered = shares.sort_values([column, "coin_id"], ascending=[False, True], kind="stable")
+    return [str(c) for c in ordered["coin_id"]]
 
 
 def _quality_checks(
@@ -475,45 +703,68 @@ def _quality_checks(
 ) -> tuple[list[dict[str, Any]], float, float]:
     dominance_sum = float(processed["market_cap_dominance_pct"].sum(skipna=True))
     volume_sum = float(processed["volume_pct"].sum(skipna=True))
-    ranks = processed["market_cap_rank"].dropna()
-    bad_ranks = int((ranks <= 0).sum())
-    repeated = int(processed["coin_id"].duplicated().sum())
+    ranks = processed["market_cap_rank"]
+    bad_rank = (ranks <= 0).fillna(False).astype(bool)
+    ids = processed["coin_id"]
+    repeated = ids[ids.duplicated()]
     rows_out = len(processed)
+    dominance_ok = dominance_sum <= 100.0 + SUM_EPSILON
+    volume_ok = volume_sum <= 200.0 + SUM_EPSILON
     checks = [
-        {
-            "name": "has_rows",
-            "passed": rows_out > 0,
-            "detail": f"{rows_out} valid rows",
-        },
-        {
-            "name": "rows_accounted",
-            "passed": rows_in == rows_out + rejected + duplicates,
-            "detail": f"in {rows_in} = out {rows_out} + rejected {rejected} + dup {duplicates}",
-        },
-        {
-            "name": "unique_coin_ids",
-            "passed": repeated == 0,
-            "detail": f"{repeated} repeated coin ids",
-        },
-        {
-            "name": "ranks_positive",
-            "passed": bad_ranks == 0,
-            "detail": f"{bad_ranks} ranks <= 0 ({len(ranks)} non-null)",
-        },
-        {
-            "name": "dominance_sum_le_100",
-            "passed": dominance_sum <= 100.0 + SUM_EPSILON,
-            "detail": f"sum of market_cap_dominance_pct = {dominance_sum:.6f}",
-        },
-        {
-            # A coin's volume counts every trade it is either side of, so the coins' volumes
-            # can add up to twice the market's (real captures show ~125% of /global's total).
-            "name": "volume_sum_le_200",
-            "passed": volume_sum <= 200.0 + SUM_EPSILON,
-            "detail": f"sum of volume_pct = {volume_sum:.6f}",
-        },
+        _check("has_rows", rows_out > 0, f"{rows_out} valid rows"),
+        _check(
+            "rows_accounted",
+            rows_in == rows_out + rejected + duplicates,
+            f"in {rows_in} = out {rows_out} + rejected {rejected} + dup {duplicates}",
+        ),
+        _check(
+            "unique_coin_ids",
+            repeated.empty,
+            f"{len(repeated)} repeated coin ids",
+            sorted(set(map(str, repeated))),
+        ),
+        _check(
+            "ranks_positive",
+            not bad_rank.any(),
+            f"{int(bad_rank.sum())} ranks <= 0 ({int(ranks.notna().sum())} non-null)",
+            sorted(map(str, ids[bad_rank])),
+        ),
+        _check(
+            "dominance_sum_le_100",
+            dominance_ok,
+            f"sum of market_cap_dominance_pct = {dominance_sum:.6f}",
+            [] if dominance_ok else _largest_shares(processed, "market_cap_dominance_pct"),
+        ),
+        # A coin's volume counts every trade it is either side of, so the coins' volumes can add
+        # up to twice the market's (real captures show ~125% of /global's total).
+        _check(
+            "volume_sum_le_200",
+            volume_ok,
+            f"sum of volume_pct = {volume_sum:.6f}",
+            [] if volume_ok else _largest_shares(processed, "volume_pct"),
+        ),
     ]
     return checks, dominance_sum, volume_sum
+
+
+def _rejected_sample(rejected: pd.DataFrame) -> list[dict[str, Any]]:
+    """The first ``SAMPLE_SIZE`` rejected rows as ``{coin_id, reason, source_page, source_row}``."""
+    head = rejected.head(SAMPLE_SIZE)
+    return [
+        {
+            "coin_id": None if pd.isna(coin_id) else str(coin_id),
+            "reason": str(reason),
+            "source_page": int(page),
+            "source_row": int(row),
+        }
+        for coin_id, reason, page, row in zip(
+            head["coin_id"],
+            head[REJECT_REASON_COLUMN],
+            head["source_page"],
+            head["source_row"],
+            strict=True,
+        )
+    ]
 
 
 def _parse_fetched_at(fetched_at: str | datetime) -> pd.Timestamp:
@@ -549,12 +800,17 @@ def transform(
     vs_currency: str,
     max_coins: int | None = None,
     allow_empty: bool = False,
+    global_error: str | None = None,
 ) -> TransformResult:
     """Turn the raw pages (aligned with ``manifest["pages"]``) into processed and rejected rows.
 
-    ``global_body`` is the parsed ``/global`` body or None (fallback basis). ``max_coins``
-    defaults to ``manifest["max_coins"]``. Raises DataQualityError when no row is valid unless
-    ``allow_empty`` (the handler writes the rejected rows first, then raises itself).
+    ``global_body`` is the parsed ``/global`` body or None (fallback basis); ``global_error``
+    says why it is None (e.g. ``"HTTP 403: This endpoint is temporarily unavailable"``) and is
+    then reported as ``quality["dominance_basis_reason"] = "/global unavailable: <it>"`` (it is
+    ignored when there is a body). ``max_coins`` defaults to ``manifest["max_coins"]``.
+    Raises ValidationError for pages that do not match the manifest, and DataQualityError when
+    no row is valid unless ``allow_empty`` (the handler writes the rejected rows first, then
+    raises itself). The shapes of the result are in the module docstring.
     """
     fetched = _parse_fetched_at(fetched_at)
     day = _parse_fetch_date(fetch_date)
@@ -568,24 +824,33 @@ def transform(
     problems = _Problems(n)
     problems.add("not_an_object", not_object, pd.Series(rows, dtype=object), "row")
     cols = _normalise(frame, not_object, problems)
-    rejected_mask = pd.Series(problems.rejected, index=frame.index)
 
+    cap_total, vol_total, why_not = global_totals(global_body, vs_currency)
+    if global_body is None and global_error:
+        why_not = f"/global unavailable: {global_error}"
+    basis = BASIS_GLOBAL if cap_total is not None and vol_total is not None else BASIS_FETCHED
+    if basis == BASIS_GLOBAL:
+        where = f"/global {{}}[{vs_currency.lower()}]="
+        for name, total, table in (
+            ("market_cap", cap_total, "total_market_cap"),
+            ("total_volume", vol_total, "total_volume"),
+        ):
+            above = cols[name].gt(total).fillna(False)
+            suffix = f" > {where.format(table)}{total!r}"
+            problems.add(f"exceeds_global_total:{name}", above, cols[name], name, suffix)
+
+    rejected_mask = pd.Series(problems.rejected, index=frame.index)
     accepted_ids = cols["coin_id"].where(~rejected_mask)
     dup_mask = accepted_ids.notna() & accepted_ids.duplicated(keep="first")
     keep = ~rejected_mask & ~dup_mask
-
-    cap_total, vol_total, why_not = global_totals(global_body, vs_currency)
-    if cap_total is not None and vol_total is not None:
-        basis = BASIS_GLOBAL
-    else:
-        basis = BASIS_FETCHED
+    if basis == BASIS_FETCHED:
         cap_total = float(cols["market_cap"][keep].sum(skipna=True))
         vol_total = float(cols["total_volume"][keep].sum(skipna=True))
 
     cols["market_cap_dominance_pct"] = _percent(cols["market_cap"], cap_total)
     cols["volume_pct"] = _percent(cols["total_volume"], vol_total)
     cols["snapshot_id"] = pd.Series(snapshot_id, index=frame.index, dtype=object)
-    cols["fetched_at"] = pd.Series(fetched, index=frame.index)
+    cols["fetched_at"] = pd.Series(fetched, index=frame.index).astype("datetime64[us, UTC]")
     cols["fetch_date"] = pd.Series([day] * n, index=frame.index, dtype=object)
     cols["vs_currency"] = pd.Series(vs_currency, index=frame.index, dtype=object)
     cols["dominance_basis"] = pd.Series(basis, index=frame.index, dtype=object)
@@ -613,7 +878,8 @@ def transform(
         "duplicates": duplicates,
         "rows_trimmed": int(trimmed),
         "rejected_by_reason": dict(sorted(problems.counts.items())),
-        "duplicate_ids": sorted(set(dup_ids.tolist()))[:20],
+        "rejected_coins": _rejected_sample(rejected),
+        "duplicate_ids": sorted(set(dup_ids.tolist()))[:SAMPLE_SIZE],
         "null_counts": {c: int(processed[c].isna().sum()) for c in NULL_COUNTED},
         "dominance_basis": basis,
         "dominance_basis_reason": "" if basis == BASIS_GLOBAL else why_not,
@@ -621,13 +887,19 @@ def transform(
         "total_volume": float(vol_total),
         "dominance_sum_pct": dominance_sum,
         "volume_sum_pct": volume_sum,
-        "dropped_fields": sorted(set(map(str, frame.columns)) - USED_FIELDS),
+        "dropped_fields": sorted(set(map(_printable_name, frame.columns)) - USED_FIELDS),
         "checks": checks,
+        "failed_checks": [c["name"] for c in checks if not c["passed"]],
         "passed": all(c["passed"] for c in checks),
     }
     if not len(processed) and not allow_empty:
         raise DataQualityError(empty_message(snapshot_id, quality))
     return TransformResult(processed=processed, rejected=rejected, quality=quality)
+
+
+def _printable_name(name: Any) -> str:
+    """A source field name as UTF-8-safe text (a lone surrogate is shown escaped)."""
+    return str(name).encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def empty_message(snapshot_id: str, quality: Mapping[str, Any]) -> str:

@@ -57,21 +57,30 @@ def _matching_global(folder: Path, name: str, rows: list[dict]) -> dict | None:
     return None
 
 
-def _valid(row: dict) -> bool:
-    """The reject rules, restated independently for the recorded rows."""
+def _valid(row: dict, totals: dict[str, float] | None = None) -> bool:
+    """The reject rules, restated independently for the recorded rows (``totals``: /global's
+    ``market_cap`` / ``total_volume`` totals when the snapshot has them)."""
     if not isinstance(row.get("id"), str) or not row["id"].strip():
         return False
-    return all(
-        row.get(k) is None or row[k] >= 0 for k in ("current_price", "market_cap", "total_volume")
-    )
+    fields = ("current_price", "market_cap", "total_volume")
+    if any(row.get(k) is not None and row[k] < 0 for k in fields):
+        return False
+    return all(row.get(k) is None or row[k] <= total for k, total in (totals or {}).items())
 
 
-def _first_valid_by_id(rows: list[dict]) -> dict[str, dict]:
+def _first_valid_by_id(rows: list[dict], totals: dict[str, float] | None = None) -> dict[str, dict]:
     out: dict[str, dict] = {}
     for row in rows:
-        if _valid(row) and row["id"] not in out:
+        if _valid(row, totals) and row["id"] not in out:
             out[row["id"]] = row
     return out
+
+
+def _totals(body: dict | None, vs: str) -> dict[str, float] | None:
+    if body is None:
+        return None
+    data = body["data"]
+    return {"market_cap": data["total_market_cap"][vs], "total_volume": data["total_volume"][vs]}
 
 
 def _run(folder: Path, name: str, with_global: bool = True):
@@ -97,7 +106,7 @@ def test_recorded_markets_transform(
     shared_coingecko_dir: Path, name: str, with_global: bool
 ) -> None:
     rows, vs, body, result = _run(shared_coingecko_dir, name, with_global)
-    expected = _first_valid_by_id(rows)
+    expected = _first_valid_by_id(rows, _totals(body, vs))
     out = result.processed
     q = result.quality
 
@@ -200,3 +209,47 @@ def test_recorded_two_page_capture(shared_coingecko_dir: Path) -> None:
     )
     assert list(result.processed["coin_id"]) == [bodies[0][0]["id"], bodies[1][0]["id"]]
     assert list(result.processed["market_cap_rank"]) == [1, 2]
+
+
+def test_spam_token_above_the_real_market_is_rejected(shared_coingecko_dir: Path) -> None:
+    """A real top-100 capture and its same-day /global, plus one spam token worth ~3e27 USD.
+
+    Before: it stayed, with MARKET_CAP_DOMINANCE_PCT ~1.9e17 and a failed check naming nobody.
+    """
+    name = "markets_khooihzhz_coingecko-python_1.json"
+    if not (shared_coingecko_dir / name).is_file():
+        pytest.skip(f"{name} not present")
+    rows = json.loads((shared_coingecko_dir / name).read_text())
+    body = _matching_global(shared_coingecko_dir, name, rows)
+    assert body is not None
+    cap_total = body["data"]["total_market_cap"]["usd"]
+    vol_total = body["data"]["total_volume"]["usd"]
+    spam = {**rows[-1], "id": "spam-token", "market_cap": 3.1e27, "total_volume": vol_total * 7e9}
+    rows = [*rows[:50], spam, *rows[50:]]
+    manifest = {"snapshot_id": "rec", "pages": [{"page": 1, "key": "k", "count": len(rows)}]}
+    result = transform(
+        manifest,
+        [rows],
+        body,
+        snapshot_id="rec",
+        fetched_at=FETCHED_AT,
+        fetch_date="2026-11-23",
+        vs_currency="usd",
+    )
+    q = result.quality
+    assert "spam-token" not in set(result.processed["coin_id"])
+    assert result.rejected_count == 1
+    assert result.rejected.loc[0, "reject_reason"] == (
+        "exceeds_global_total:market_cap; exceeds_global_total:total_volume"
+    )
+    detail = result.rejected.loc[0, "reject_detail"]
+    assert f"market_cap=3.1e+27 > /global total_market_cap[usd]={float(cap_total)!r}" in detail
+    assert q["rejected_coins"][0]["coin_id"] == "spam-token"
+    assert (result.rejected.loc[0, "source_page"], result.rejected.loc[0, "source_row"]) == (1, 51)
+    # Every stored share is a real share of the real market, and the checks pass.
+    assert result.processed["market_cap_dominance_pct"].max() < 100
+    assert q["dominance_basis"] == "global" and q["dominance_sum_pct"] <= 100
+    assert q["passed"] and q["failed_checks"] == []
+    btc = result.processed.set_index("coin_id").loc["bitcoin"]
+    raw_btc = next(r for r in rows if r["id"] == "bitcoin")
+    assert btc["market_cap_dominance_pct"] == pytest.approx(raw_btc["market_cap"] / cap_total * 100)

@@ -11,6 +11,7 @@ import pytest
 
 from functions.common.errors import DataQualityError, ValidationError
 from functions.common.schema import COLUMN_NAMES, REJECT_REASON_COLUMN
+from functions.transform.csv_gz import rejected_to_csv_gz
 from functions.transform.transform import REJECTED_COLUMNS, global_totals, transform
 
 FETCHED_AT = "2026-11-23T08:00:00Z"
@@ -281,6 +282,121 @@ def test_timestamps_become_utc(text, expected) -> None:
     assert str(out["ath_date"].dt.tz) == "UTC"
 
 
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("1600-01-01T00:00:00Z", datetime(1600, 1, 1, tzinfo=UTC)),
+        ("9999-12-31T23:59:59.999999Z", datetime(9999, 12, 31, 23, 59, 59, 999999, UTC)),
+        ("0001-01-01T00:00:00Z", datetime(1, 1, 1, tzinfo=UTC)),
+        ("1600-02-29T12:00:00+05:30", datetime(1600, 2, 29, 6, 30, tzinfo=UTC)),  # leap year
+        ("1677-09-21T00:00:00Z", datetime(1677, 9, 21, tzinfo=UTC)),  # pandas 2 ns bound
+        ("2262-04-12T00:00:00Z", datetime(2262, 4, 12, tzinfo=UTC)),  # pandas 2 ns bound
+        ("2400-02-29T00:00:00.123456789Z", datetime(2400, 2, 29, 0, 0, 0, 123456, UTC)),
+        ("1066-10-14T09:00", datetime(1066, 10, 14, 9, tzinfo=UTC)),  # naive = UTC
+    ],
+)
+def test_timestamps_in_any_year_from_0001_to_9999(text, expected) -> None:
+    rows = [coin("a", ath_date=text), coin("b")]
+    result = run(rows)
+    assert result.rejected_count == 0, result.rejected["reject_detail"].tolist()
+    assert row_of(result.processed, "a")["ath_date"].to_pydatetime() == expected
+    assert str(result.processed["ath_date"].dtype) == "datetime64[us, UTC]"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "0001-01-01T00:00:00+01:00",  # 0000-12-31 in UTC
+        "9999-12-31T23:00:00-05:00",  # year 10000 in UTC
+        "1700-02-29T00:00:00Z",  # not a leap year (inside the directly parsed window)
+        "2100-02-29T00:00:00Z",  # not a leap year (read through the 400-year shift)
+        "1500-13-01T00:00:00Z",
+        " 1600-01-01T00:00:00Z",  # far year not at the start: refused on pandas 2 and 3 alike
+    ],
+)
+def test_timestamps_outside_the_years_or_the_calendar_are_rejected(text: str) -> None:
+    result = run([coin("a", atl_date=text), coin("b")])
+    assert list(result.rejected[REJECT_REASON_COLUMN]) == ["invalid_timestamp:atl_date"]
+    assert list(result.processed["coin_id"]) == ["b"]
+
+
+@pytest.mark.parametrize(
+    ("field", "reason"),
+    [
+        ("current_price", "invalid_number:current_price"),
+        ("max_supply", "invalid_number:max_supply"),  # a column that is otherwise all null
+        ("market_cap_rank", "invalid_number:market_cap_rank"),
+        ("roi.times", "invalid_number:roi_times"),
+        ("roi", "invalid_type:roi"),
+        ("roi.currency", "invalid_type:roi.currency"),
+        ("name", "invalid_type:name"),
+        ("id", "invalid_type:id"),
+        ("last_updated", "invalid_timestamp:last_updated"),
+    ],
+)
+def test_json_nan_literal_is_rejected_not_nulled(field: str, reason: str) -> None:
+    """json.loads reads the literal NaN as float('nan'); JSON null and an absent key stay NULL."""
+    bad = coin("bad", 2, roi={"times": 2.0, "currency": "usd", "percentage": 100.0})
+    if field.startswith("roi."):
+        bad["roi"][field[4:]] = float("nan")
+    else:
+        bad[field] = float("nan")
+    absent = coin("absent", 3)
+    del absent["current_price"], absent["market_cap_rank"], absent["last_updated"]
+    page = json.loads(json.dumps([coin("good", 1), bad, absent, coin("null", 4, roi=None)]))
+    assert "NaN" in json.dumps(page)  # the real literal went through the parser
+
+    result = run(page)
+    assert list(result.processed["coin_id"]) == ["good", "absent", "null"]
+    assert list(result.rejected[REJECT_REASON_COLUMN]) == [reason]
+    assert result.rejected.loc[0, "reject_detail"] == f"{field}=NaN"
+    absent_row = row_of(result.processed, "absent")
+    assert pd.isna(absent_row["current_price"]) and pd.isna(absent_row["market_cap_rank"])
+    assert pd.isna(absent_row["last_updated"])
+    accounted(result)
+
+
+@pytest.mark.parametrize("text", ["NaN", "nan", " NaN ", "-nan"])
+def test_nan_strings_in_number_fields_are_rejected(text: str) -> None:
+    result = run([coin("a", current_price=text), coin("b")])
+    assert list(result.rejected[REJECT_REASON_COLUMN]) == ["invalid_number:current_price"]
+
+
+@pytest.mark.parametrize(
+    ("fields", "reason", "column", "detail"),
+    [
+        ({"id": "bad\ud83d"}, "invalid_text:coin_id", "coin_id", "id='bad\\ud83d'"),
+        ({"symbol": "b\x00"}, "invalid_text:symbol", "symbol", "symbol='b\\x00'"),
+        ({"name": "Bad \ud83d Coin"}, "invalid_text:name", "name", "name='Bad \\ud83d Coin'"),
+        ({"name": "\udc00"}, "invalid_text:name", "name", "name='\\udc00'"),
+        ({"image": "https://x/\ud83d.png"}, "invalid_text:image_url", "image_url", "\\ud83d"),
+        ({"image": {"large": "l\x00"}}, "invalid_text:image_url", "image_url", "\\x00"),
+        (
+            {"roi": {"times": 1.0, "currency": "u\ud800", "percentage": 1.0}},
+            "invalid_text:roi_currency",
+            "roi_currency",
+            "roi.currency='u\\ud800'",
+        ),
+    ],
+)
+def test_text_that_cannot_be_stored_rejects_the_row(fields, reason, column, detail) -> None:
+    """A lone surrogate (valid JSON "\\ud83d") cannot be encoded as UTF-8; NUL is refused too."""
+    page = json.loads(json.dumps([coin("good", 1), coin("bad", 2, **fields), coin("ok", 3)]))
+    result = run(page)
+    assert list(result.processed["coin_id"]) == ["good", "ok"]
+    assert list(result.rejected[REJECT_REASON_COLUMN]) == [reason]
+    assert detail in result.rejected.loc[0, "reject_detail"]
+    assert pd.isna(result.rejected.loc[0, column])  # the raw value is only in the detail
+    rejected_to_csv_gz(result.rejected)  # so the rejected file still encodes as UTF-8
+    accounted(result)
+
+
+def test_valid_astral_and_control_text_is_kept() -> None:
+    text = '🚀 比特币\r\n\t\\ "q" é'
+    out = run(json.loads(json.dumps([coin("a", name=text, symbol="🚀"), coin("b")]))).processed
+    assert row_of(out, "a")["name"] == text and row_of(out, "a")["symbol"] == "🚀"
+
+
 def test_text_is_kept_as_given_and_empty_is_null() -> None:
     rows = [coin("a", symbol="BTC", name=" Spaced "), coin("b", symbol="", name=None)]
     out = run(rows).processed
@@ -395,6 +511,58 @@ def test_fallback_to_fetched_sums(body, why: str) -> None:
     assert result.quality["dominance_sum_pct"] == pytest.approx(100.0)
 
 
+def test_global_error_explains_the_fetched_basis() -> None:
+    rows = [coin("a", market_cap=600), coin("b", market_cap=400)]
+    result = run(rows, global_error="HTTP 403: This endpoint is temporarily unavailable")
+    assert result.quality["dominance_basis"] == "fetched"
+    assert result.quality["dominance_basis_reason"] == (
+        "/global unavailable: HTTP 403: This endpoint is temporarily unavailable"
+    )
+    assert row_of(result.processed, "a")["market_cap_dominance_pct"] == 60.0
+    # With a body the error is not the reason (the body is used, or says what it lacks).
+    result = run(rows, global_body=global_body(cap=2000, vol=100), global_error="stale")
+    assert result.quality["dominance_basis"] == "global"
+    assert result.quality["dominance_basis_reason"] == ""
+
+
+def test_a_coin_above_the_global_total_is_rejected_not_stored() -> None:
+    """The spam-token case: a cap far above the whole market's, beside real coins."""
+    rows = [
+        coin("bitcoin", 1, market_cap=600, total_volume=30),
+        coin("spam", 2, market_cap=3e27, total_volume=7e11),
+        coin("loud", 3, market_cap=100, total_volume=201),
+        coin("whole-market", 4, market_cap=2000, total_volume=200),  # equal: kept
+    ]
+    result = run(rows, global_body=global_body(cap=2000, vol=200))
+    assert list(result.processed["coin_id"]) == ["bitcoin", "whole-market"]
+    rejected = result.rejected.set_index("coin_id")
+    assert rejected.loc["spam", REJECT_REASON_COLUMN] == (
+        "exceeds_global_total:market_cap; exceeds_global_total:total_volume"
+    )
+    assert rejected.loc["spam", "reject_detail"] == (
+        "market_cap=3e+27 > /global total_market_cap[usd]=2000.0;"
+        " total_volume=700000000000.0 > /global total_volume[usd]=200.0"
+    )
+    assert rejected.loc["loud", REJECT_REASON_COLUMN] == "exceeds_global_total:total_volume"
+    assert row_of(result.processed, "bitcoin")["market_cap_dominance_pct"] == 30.0
+    assert result.processed["market_cap_dominance_pct"].max() == 100.0
+    q = result.quality
+    assert q["rejected_by_reason"] == {
+        "exceeds_global_total:market_cap": 1,
+        "exceeds_global_total:total_volume": 2,
+    }
+    assert [r["coin_id"] for r in q["rejected_coins"]] == ["spam", "loud"]
+    accounted(result)
+
+
+def test_without_global_a_huge_coin_is_kept_and_sums_use_kept_rows() -> None:
+    rows = [coin("a", market_cap=600), coin("huge", market_cap=3e27), coin("neg", market_cap=-1)]
+    result = run(rows)
+    assert result.rejected_count == 1  # only the negative one: no total to exceed
+    assert result.quality["total_market_cap"] == 600 + 3e27
+    assert result.quality["dominance_sum_pct"] == pytest.approx(100.0)
+
+
 def test_global_totals_reads_the_currency_case_insensitively() -> None:
     assert global_totals(global_body(cap=5, vol=6), "USD") == (5.0, 6.0, "")
 
@@ -415,6 +583,43 @@ def test_quality_checks_flag_bad_data_without_failing() -> None:
     assert "120.0" in checks["dominance_sum_le_100"]["detail"]
     assert not result.quality["passed"]
     assert result.row_count == 2
+
+
+def test_failed_checks_name_the_coins_behind_them() -> None:
+    # 25 coins of 50 each against a total of 1000: 125 %, every coin within the total.
+    rows = [coin(f"c{i:02d}", rank=i, market_cap=50 + i) for i in range(25)]
+    rows[3]["market_cap_rank"] = 0
+    rows[7]["market_cap_rank"] = -2
+    result = run(rows, global_body=global_body(cap=1000, vol=10**9))
+    q = result.quality
+    checks = {c["name"]: c for c in q["checks"]}
+    assert q["failed_checks"] == ["ranks_positive", "dominance_sum_le_100"]
+    assert checks["ranks_positive"]["coins"] == ["c00", "c03", "c07"]  # rank 0 from coin("c00")
+    assert checks["ranks_positive"]["coin_count"] == 3
+    dominance = checks["dominance_sum_le_100"]
+    assert dominance["coin_count"] == 25
+    assert dominance["coins"] == [f"c{i:02d}" for i in range(24, 4, -1)]  # largest share first
+    for name in ("has_rows", "rows_accounted", "unique_coin_ids", "volume_sum_le_200"):
+        assert checks[name]["passed"] and checks[name]["coins"] == []
+        assert checks[name]["coin_count"] == 0
+    json.dumps(q, allow_nan=False)
+
+
+def test_rejected_coins_are_sampled_in_the_quality_summary() -> None:
+    rows = [coin("ok"), coin(None), coin("neg", current_price=-1)]
+    rows += [coin(f"bad{i:02d}", market_cap="x") for i in range(25)]
+    q = run(rows).quality
+    assert q["rejected"] == 27 and len(q["rejected_coins"]) == 20
+    assert q["rejected_coins"][:3] == [
+        {"coin_id": None, "reason": "missing_id", "source_page": 1, "source_row": 2},
+        {"coin_id": "neg", "reason": "negative:current_price", "source_page": 1, "source_row": 3},
+        {
+            "coin_id": "bad00",
+            "reason": "invalid_number:market_cap",
+            "source_page": 1,
+            "source_row": 4,
+        },
+    ]
 
 
 def test_null_counts() -> None:
