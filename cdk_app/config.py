@@ -149,7 +149,7 @@ def _identifier(key: str, value: Any, *, optional: bool) -> str:
     text = _as_str(value)
     if not text and optional:
         return ""
-    if not _SNOWFLAKE_IDENT_RE.match(text):
+    if not _SNOWFLAKE_IDENT_RE.fullmatch(text):
         raise ContextError(key, f"{text!r} is not a valid Snowflake identifier")
     return text
 
@@ -197,7 +197,7 @@ def settings_from_context(get: Any) -> Settings:
         return DEFAULTS[key] if found is None else found
 
     stack_name = _as_str(value("stack_name"))
-    if not re.match(r"^[A-Za-z][A-Za-z0-9-]{0,127}$", stack_name):
+    if not re.fullmatch(r"[A-Za-z][A-Za-z0-9-]{0,127}", stack_name):
         raise ContextError("stack_name", f"{stack_name!r} is not a valid CloudFormation stack name")
 
     version = _as_str(value("aws_sdk_pandas_version"))
@@ -227,11 +227,11 @@ def settings_from_context(get: Any) -> Settings:
         raise ContextError("log_level", f"{log_level!r} is not a log level")
 
     email = _as_str(value("alert_email"))
-    if email and not _EMAIL_RE.match(email):
+    if email and not _EMAIL_RE.fullmatch(email):
         raise ContextError("alert_email", f"{email!r} is not an e-mail address")
 
     schedule = _as_str(value("schedule"))
-    if schedule and not _SCHEDULE_RE.match(schedule):
+    if schedule and not _SCHEDULE_RE.fullmatch(schedule):
         raise ContextError(
             "schedule", f"{schedule!r} must be rate(N unit), cron(...) or at(...) (or empty)"
         )

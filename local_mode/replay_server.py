@@ -235,7 +235,7 @@ class DirectorySource(MarketSource):
             raise FileNotFoundError(f"replay directory {self.directory} does not exist")
         self.pages: dict[int, bytes] = {}
         for path in sorted(self.directory.iterdir()):
-            match = PAGE_FILE_RE.match(path.name)
+            match = PAGE_FILE_RE.fullmatch(path.name)
             if match and path.is_file():
                 self.pages[int(match.group(1))] = path.read_bytes()
         global_path = self.directory / "global.json"

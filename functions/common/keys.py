@@ -28,21 +28,24 @@ PROCESSED = "processed/"
 REJECTED = "rejected/"
 SNAPSHOTS = "snapshots/"
 
-_SNAPSHOT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,79}")
+# Snapshot and run ids: they become key segments and SQL literals.
+_SAFE_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,79}")
 _BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]")
-# A run id: the execution name when it is key-safe, else a digest of the execution id.
-_RUN_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,79}")
 
 
-def validate_snapshot_id(value: object, field: str = "snapshot_id") -> str:
-    """Return ``value`` if it is a safe snapshot id (used in keys and SQL), else raise."""
-    if not isinstance(value, str) or not _SNAPSHOT_RE.fullmatch(value) or ".." in value:
+def _safe_name(value: object, field: str) -> str:
+    if not isinstance(value, str) or not _SAFE_NAME_RE.fullmatch(value) or ".." in value:
         raise ValidationError(
             field,
             f"{value!r} must be 1-80 characters of letters, digits, '_', '-', '.' "
             "starting with a letter or digit",
         )
     return value
+
+
+def validate_snapshot_id(value: object, field: str = "snapshot_id") -> str:
+    """Return ``value`` if it is a safe snapshot id (used in keys and SQL), else raise."""
+    return _safe_name(value, field)
 
 
 def validate_bucket(value: object, expected: str | None = None, field: str = "bucket") -> str:
@@ -76,13 +79,7 @@ def validate_key(value: object, field: str, prefix: str) -> str:
 
 def validate_run_id(value: object, field: str = "run_id") -> str:
     """Return ``value`` if it is a safe run id (1-80 letters, digits, ``_ - .``), else raise."""
-    if not isinstance(value, str) or not _RUN_RE.fullmatch(value) or ".." in value:
-        raise ValidationError(
-            field,
-            f"{value!r} must be 1-80 characters of letters, digits, '_', '-', '.' "
-            "starting with a letter or digit",
-        )
-    return value
+    return _safe_name(value, field)
 
 
 def run_id(execution_name: str, execution_id: str) -> str:
@@ -92,7 +89,7 @@ def run_id(execution_name: str, execution_id: str) -> str:
     task keeps its execution, so every attempt of a task within one execution writes the same
     keys, and another execution of the same snapshot writes beside them, never over them.
     """
-    if _RUN_RE.fullmatch(execution_name) and ".." not in execution_name:
+    if _SAFE_NAME_RE.fullmatch(execution_name) and ".." not in execution_name:
         return execution_name
     return "x-" + hashlib.sha256(execution_id.encode()).hexdigest()[:16]
 

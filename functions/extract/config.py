@@ -72,7 +72,7 @@ class ExtractConfig:
                 f"plan {self.plan!r} needs an API key (set COINGECKO_API_KEY or fill the secret "
                 "named by COINGECKO_API_KEY_SECRET_ARN), or use COINGECKO_API_PLAN=public",
             )
-        if self.api_key is not None and not _KEY_RE.match(self.api_key):
+        if self.api_key is not None and not _KEY_RE.fullmatch(self.api_key):
             raise ConfigError(
                 "COINGECKO_API_KEY",
                 f"the key from {self.key_source} must be 1-200 printable ASCII characters "

@@ -84,7 +84,7 @@ _OWN_SESSION_PARAMETERS = {
 
 def validate_identifier(value: str, name: str) -> str:
     """Return ``value`` upper-cased if it is a plain Snowflake identifier, else ConfigError."""
-    if not isinstance(value, str) or not IDENTIFIER_RE.match(value):
+    if not isinstance(value, str) or not IDENTIFIER_RE.fullmatch(value):
         raise ConfigError(
             name, f"{value!r} is not a plain identifier (letters, digits, '_', '$'; no quotes)"
         )

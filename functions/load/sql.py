@@ -416,7 +416,7 @@ def create_stage(stage: str) -> Statement:
 def put_file(local_file: Path, stage: str) -> Statement:
     """Upload the (already gzip'd) processed file to the stage as is."""
     path = Path(local_file).resolve().as_posix()
-    if not _SAFE_PATH_RE.match(path):
+    if not _SAFE_PATH_RE.fullmatch(path):
         raise ValidationError(
             "local_file", f"{path!r} must be an absolute path of letters, digits and _ . / + -"
         )

@@ -180,7 +180,7 @@ _VARCHAR_RE = re.compile(r"^VARCHAR\((\d+)\)$")
 _MAX_LEN = {
     name: int(m.group(1))
     for name, sqltype, _ in PROCESSED_COLUMNS
-    if (m := _VARCHAR_RE.match(sqltype)) is not None
+    if (m := _VARCHAR_RE.fullmatch(sqltype)) is not None
 }
 # NUL, or a lone surrogate (a str holding one cannot be encoded as UTF-8).
 _BAD_TEXT_RE = re.compile("[\x00\ud800-\udfff]")

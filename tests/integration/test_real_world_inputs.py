@@ -8,10 +8,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,15 +15,10 @@ import pytest
 
 from local_mode.cli import RunOptions, RunReport, print_summary, query, run_pipeline
 from local_mode.synthetic import generate_global, generate_markets
+from tests.integration.test_pipeline import FAST_RETRY_ENV, _cli
 
 pytestmark = pytest.mark.integration
 
-FAST_RETRY_ENV = {
-    "COINGECKO_MAX_RETRIES": "2",
-    "COINGECKO_MAX_RETRY_WAIT_SECONDS": "1",
-    "COINGECKO_BACKOFF_BASE_SECONDS": "0.05",
-    "COINGECKO_TIMEOUT_SECONDS": "5",
-}
 UNAVAILABLE_403 = {
     "status": {"error_code": 403, "error_message": "This endpoint is temporarily unavailable"}
 }
@@ -239,14 +230,6 @@ def test_nan_literal_rejects_the_row_and_extreme_valid_dates_load(tmp_path: Path
     assert (got["ATL_Y"], got["ATL_M"], got["ATL_D"]) == (1600, 1, 1)
     assert (got["ATH_Y"], got["ATH_M"], got["ATH_D"]) == (9999, 12, 31)
     assert by_id[coins[2]["id"]]["ATH_NULL"] is True
-
-
-def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    exe = shutil.which("crypto-etl", path=str(Path(sys.executable).parent))
-    assert exe
-    return subprocess.run(
-        [exe, *args], capture_output=True, text=True, timeout=600, env=dict(os.environ), check=False
-    )
 
 
 def test_null_timestamp_reads_back_as_null_through_the_cli(tmp_path: Path):
