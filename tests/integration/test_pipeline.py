@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from local_mode.cli import RunOptions, query, run_pipeline
+from local_mode.run_command import RunOptions, run_pipeline
+from local_mode.warehouse_commands import query
 
 pytestmark = pytest.mark.integration
 

@@ -13,8 +13,9 @@ from typing import Any
 
 import pytest
 
-from local_mode.cli import RunOptions, RunReport, print_summary, query, run_pipeline
+from local_mode.run_command import RunOptions, RunReport, print_summary, run_pipeline
 from local_mode.synthetic import generate_global, generate_markets
+from local_mode.warehouse_commands import query
 from tests.integration.test_pipeline import FAST_RETRY_ENV, _cli
 
 pytestmark = pytest.mark.integration
