@@ -7,12 +7,13 @@ handlers dispatched in-process, a folder as the lake (``<local dir>/lake``) and 
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
 import sys
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -374,3 +375,73 @@ def print_summary(report: RunReport, out: TextIO) -> None:
     print(f"  lake          {report.lake_dir}", file=out)
     print(f"  warehouse     {report.warehouse_dir}", file=out)
     print('  query it      crypto-etl sql "SELECT COUNT(*) FROM CRYPTO_DATA"', file=out)
+
+
+def int_range(low: int, high: int) -> Callable[[str], int]:
+    """An argparse ``type`` accepting integers in ``[low, high]``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from exc
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} is not in {low}-{high}")
+        return value
+
+    return parse
+
+
+def register(sub: Any) -> None:
+    """Add ``run`` to the CLI's sub-parsers."""
+    run = sub.add_parser("run", help="run the pipeline once, end to end")
+    src = run.add_mutually_exclusive_group()
+    src.add_argument(
+        "--offline",
+        action="store_true",
+        help="serve a deterministic synthetic market from a local replay server",
+    )
+    src.add_argument(
+        "--replay",
+        type=Path,
+        metavar="DIR",
+        help="serve recorded bodies DIR/markets-page-0001.json … (+ optional global.json)",
+    )
+    run.add_argument(
+        "--coins",
+        type=int_range(1, 100_000),
+        default=DEFAULT_OFFLINE_COINS,
+        help="with --offline: coins in the synthetic market (default 1000)",
+    )
+    run.add_argument("--snapshot-id", help="snapshot id (default: local-<UTC timestamp>)")
+    run.add_argument(
+        "--max-coins",
+        type=int_range(1, 100_000),
+        help="stop after this many coins (default 1000; offline: --coins)",
+    )
+    run.add_argument("--vs-currency", help="quote currency (default usd)")
+    run.add_argument(
+        "--per-page",
+        type=int_range(1, 250),
+        help="page size, 1-250 (default 250; --replay: the recording's page size)",
+    )
+    run.add_argument("-v", "--verbose", action="store_true", help="show the handlers' JSON logs")
+    run.set_defaults(func=run_cli)
+
+
+def run_cli(args: argparse.Namespace, out: TextIO) -> int:
+    """``crypto-etl run``: 0 when the execution succeeded, 1 when it failed."""
+    opts = RunOptions(
+        local_dir=args.local_dir,
+        offline=args.offline,
+        coins=args.coins,
+        replay_dir=args.replay,
+        snapshot_id=args.snapshot_id,
+        max_coins=args.max_coins,
+        vs_currency=args.vs_currency,
+        per_page=args.per_page,
+        verbose=args.verbose,
+    )
+    report = run_pipeline(opts, out)
+    print_summary(report, out)
+    return 0 if report.status == "SUCCEEDED" else 1

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TextIO
+
+from snowflake.connector.errors import Error as SnowflakeError
 
 
 @contextmanager
@@ -98,3 +101,49 @@ def print_rows(
         print(json.dumps(objs, default=_json_default, indent=2), file=out)
     else:
         print_table(columns, rows, out)
+
+
+NO_SNAPSHOT = "No snapshot loaded yet: run `crypto-etl run --offline` first."
+
+
+def register(sub: Any) -> None:
+    """Add ``sql`` and ``show`` to the CLI's sub-parsers."""
+    from local_mode.run_command import int_range
+
+    sql = sub.add_parser("sql", help="run a SQL statement against the warehouse")
+    sql.add_argument("statement")
+    sql.add_argument("--json", action="store_true", help="print a JSON array of objects")
+    sql.add_argument(
+        "--remote",
+        action="store_true",
+        help="query the Snowflake account configured by SNOWFLAKE_* variables, not the local one",
+    )
+    sql.set_defaults(func=sql_cli)
+
+    show = sub.add_parser("show", help="the latest snapshot's top coins by market cap")
+    show.add_argument("--limit", type=int_range(1, 10_000), default=10)
+    show.add_argument("--json", action="store_true")
+    show.add_argument("--remote", action="store_true", help="as for sql")
+    show.set_defaults(func=show_cli)
+
+
+def sql_cli(args: argparse.Namespace, out: TextIO) -> int:
+    """``crypto-etl sql``: run the statement and print its rows."""
+    columns, rows = query(args.local_dir, args.statement, args.remote)
+    print_rows(columns, rows, args.json, out)
+    return 0
+
+
+def show_cli(args: argparse.Namespace, out: TextIO) -> int:
+    """``crypto-etl show``: the latest snapshot's top coins (1 when there is none)."""
+    try:
+        columns, rows = query(args.local_dir, SHOW_SQL.format(limit=int(args.limit)), args.remote)
+    except SnowflakeError as exc:
+        if "does not exist" not in (getattr(exc, "raw_msg", None) or str(exc)):
+            raise
+        rows, columns = [], []
+    if not rows and not args.json:
+        print(NO_SNAPSHOT, file=out)
+        return 1
+    print_rows(columns, rows, args.json, out)
+    return 0
