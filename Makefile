@@ -1,19 +1,30 @@
-# crypto-etl — everything a fresh clone needs goes through these targets.
+# crypto-etl — everything a fresh clone needs goes through these targets (`make help` lists them).
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
+CDK    := PATH="$(CURDIR)/$(BIN):$$PATH" npx cdk
+# Extra arguments for the cdk targets, e.g. make deploy ARGS="-c alert_email=you@example.com"
+ARGS   ?=
 export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION ?= 20
 export CDK_DISABLE_VERSION_CHECK ?= 1
 
-.PHONY: install demo run show test lint format synth deploy bench clean
+.DEFAULT_GOAL := help
+.PHONY: help install demo run show test lint format synth diff deploy destroy bench clean clean-data
 
+## make help: list these targets.
+help:
+	@sed -n 's/^## make //p' $(MAKEFILE_LIST)
+
+# The first install shows pip's progress (about 95 packages, 1.2 GB: minutes); updates are quiet.
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,cdk]'
+	@echo "$(if $(wildcard $(STAMP)),Updating $(VENV),Installing crypto-etl and its dependencies into $(VENV): about 95 packages, 1.2 GB, a few minutes)"
+	$(BIN)/python -m pip install $(if $(wildcard $(STAMP)),--quiet )-c constraints.txt -e '.[dev,cdk]'
 	touch $(STAMP)
 
+## make install: create .venv and install crypto-etl with everything (targets needing it do it).
 install: $(STAMP)
 
 node_modules/.package-lock.json: package.json
@@ -29,13 +40,16 @@ run: $(STAMP)
 	$(BIN)/crypto-etl run
 	$(BIN)/crypto-etl show
 
+## make show: the top 10 of the latest local snapshot.
 show: $(STAMP)
 	$(BIN)/crypto-etl show
 
+## make lint: ruff check and format check.
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+## make format: ruff format, then ruff's fixes.
 format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
@@ -44,14 +58,30 @@ format: $(STAMP)
 test: lint
 	CRYPTO_ETL_TEST_BUNDLING=1 $(BIN)/python -m pytest
 
+## make synth: the CloudFormation template into cdk.out/, offline, no AWS account (ARGS="-c k=v").
 synth: $(STAMP) node_modules/.package-lock.json
-	PATH="$(CURDIR)/$(BIN):$$PATH" npx cdk synth --quiet -c bundling=false
+	$(CDK) synth --quiet -c bundling=false $(ARGS)
 
+## make diff: what a deploy would change in the deployed stack (ARGS="-c k=v").
+diff: $(STAMP) node_modules/.package-lock.json
+	$(CDK) diff $(ARGS)
+
+## make deploy: deploy the stack to your AWS account (ARGS="-c alert_email=you@example.com").
 deploy: $(STAMP) node_modules/.package-lock.json
-	PATH="$(CURDIR)/$(BIN):$$PATH" npx cdk deploy
+	$(CDK) deploy $(ARGS)
 
+## make destroy: delete the stack (cdk asks first); the lake buckets are kept (README: Tear down).
+destroy: $(STAMP) node_modules/.package-lock.json
+	$(CDK) destroy $(ARGS)
+
+## make bench: the benchmarks, printing their measured figures.
 bench: $(STAMP)
 	for f in benchmarks/*.py; do POWERTOOLS_LOG_LEVEL=WARNING $(BIN)/python $$f || exit 1; done
 
+## make clean: delete build output only (cdk.out/, .build/, caches); keeps .local/ (your data).
 clean:
-	rm -rf .local cdk.out .build .pytest_cache .ruff_cache
+	rm -rf cdk.out .build .pytest_cache .ruff_cache
+
+## make clean-data: DELETE .local/: the local lake and warehouse, i.e. every local snapshot.
+clean-data:
+	rm -rf .local

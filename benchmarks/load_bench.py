@@ -4,7 +4,7 @@ Usage: python benchmarks/load_bench.py [--rows 1000 10000] [--row-by-row 200]
 
 Prints measured figures only: wall time of each load, per-step timings, rows per second.
 The row-by-row path (``executemany`` of one INSERT per row into the same table) is timed on a
-sample and its per-row cost reported, as DESIGN.md notes it is ~15 ms a row on the emulator.
+sample and its per-row cost reported (row-by-row inserts through the emulator are slow).
 """
 
 from __future__ import annotations

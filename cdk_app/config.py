@@ -1,8 +1,8 @@
 """Typed, validated settings from CDK context (``cdk.json`` defaults, ``-c key=value`` overrides).
 
 Every key and its default is in ``DEFAULTS`` (``cdk.json`` repeats them where CDK users look;
-docs/DEPLOY.md explains each). Values given on the command line arrive as strings, values from
-``cdk.json`` as JSON types: every reader accepts both.
+the README's "Deploy to AWS" settings table explains each). Values given on the command line
+arrive as strings, values from ``cdk.json`` as JSON types: every reader accepts both.
 
 * ``stack_name`` (``CryptoEtl``): stack name, also the secrets' name prefix.
 * ``bundling`` (true): pip-install each function's dependencies into its asset; false = code

@@ -5,7 +5,7 @@ Both are created EMPTY: an ``AWS::SecretsManager::Secret`` with neither ``Secret
 GenerateSecretString and SecretString, you create an empty secret"). The L2 ``Secret`` construct
 would generate a random password instead, and a placeholder value in the template would be a
 value from code, so the L1 ``CfnSecret`` is used. Nothing here ever holds a credential; the
-operator puts the value after deploying (docs/DEPLOY.md):
+operator puts the value after deploying (README, "Deploy to AWS", step 3):
 
 Snowflake (key-pair auth preferred; ``password`` instead of ``private_key`` is accepted)::
 

@@ -73,7 +73,7 @@ class CryptoEtlStack(cdk.Stack):
             ),
             "SnowflakeSecretName": (
                 self.secrets.snowflake_name,
-                "Put the Snowflake connection JSON here (docs/DEPLOY.md)",
+                "Put the Snowflake connection JSON here (README: Deploy to AWS, step 3)",
             ),
             "CoinGeckoSecretName": (
                 self.secrets.coingecko_name,

@@ -1,6 +1,6 @@
 """CoinGecko error bodies (pure; no network).
 
-CoinGecko answers errors with one of two shapes (see ``../shared/data/coingecko/errors_*.json``)::
+CoinGecko answers errors with one of two shapes (as recorded from the live API)::
 
     {"error": "Missing parameter vs_currency"}
     {"status": {"error_code": 429, "error_message": "You've exceeded the Rate Limit..."}}

@@ -1,4 +1,4 @@
-"""The load sequence on an open connection (see DESIGN.md "Loading").
+"""The load sequence on an open connection.
 
 0. ``ensure_objects``: the schema (the database must exist: creating one needs an admin), the
    tables (checked for missing columns) and the reporting views.

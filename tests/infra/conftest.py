@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 
-# Node 20 makes jsii print an end-of-life banner on every import; silence it (see DESIGN.md).
+# Node 20 makes jsii print an end-of-life banner on every import; silence it (the value is
+# Node's major version).
 os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
 
 import json

@@ -172,7 +172,8 @@ def test_load_writes_typed_rows_run_log_and_asset_dim(conn, names, tmp_path):
     assert btc[5] == datetime(2021, 11, 10, 14, 24, 11, 849000, tzinfo=UTC)
     assert btc[6] == "global"
     assert abs((btc[7] - datetime.now(UTC)).total_seconds()) < 600
-    # Quoting, commas, tiny floats and NULLs survive (NULLs checked in SQL, see DESIGN.md).
+    # Quoting, commas, tiny floats and NULLs survive (NULLs checked in SQL: the bare emulator
+    # fetches a NULL TIMESTAMP_TZ back as 1970-01-01 UTC).
     (odd,) = q(
         conn,
         "SELECT NAME, CURRENT_PRICE, MARKET_CAP, MARKET_CAP_RANK IS NULL, MAX_SUPPLY IS NULL,"
