@@ -9,8 +9,9 @@ The subset used here works both on Snowflake and through the fakesnow emulator s
 ``CREATE TEMPORARY TABLE/STAGE`` (outside transactions), ``PUT`` with ``SOURCE_COMPRESSION``,
 ``COPY INTO`` a table from a named stage (CSV, ``FORCE``, ``ON_ERROR = ABORT_STATEMENT``),
 ``BEGIN``/``COMMIT``/``ROLLBACK``, ``DELETE``/``INSERT ... SELECT`` with bound values, ``MERGE``
-with conditional ``WHEN MATCHED`` clauses (autocommit only), ``MAX_BY``/``MIN_BY``, window
-functions. Not used because the emulator lacks them: ``DROP STAGE``, ``TO_CHAR`` with a format,
+with conditional ``WHEN MATCHED`` clauses (autocommit only), window functions, ``IS NOT
+DISTINCT FROM``, ``CONVERT_TIMEZONE``. Not used because the emulator lacks them or differs:
+``MAX_BY``/``MIN_BY`` (see the views), ``DROP STAGE``, ``TO_CHAR`` with a format,
 ``TO_TIMESTAMP_TZ(NULL)`` (use ``CAST``), ``COPY`` of a header-only file or with
 ``FILES=/PATTERN=/ON_ERROR=CONTINUE``, ``GET_DDL``, ``QUERY_HISTORY``. Without ``FORCE`` the
 emulator skips a file name it loaded before into a table of the same name (its load history is
@@ -38,8 +39,20 @@ DATE_DIM = "DATE_DIM"
 LATEST_SNAPSHOT = "LATEST_SNAPSHOT"
 DAILY_ROLLUP = "DAILY_ROLLUP"
 TOP_MOVERS = "TOP_MOVERS"
+SNAPSHOT_FILTER = "SNAPSHOT_FILTER"
+MARKET_SNAPSHOTS = "MARKET_SNAPSHOTS"
+COIN_HISTORY = "COIN_HISTORY"
 TABLES = (CRYPTO_DATA, ASSET_DIM, ETL_RUNS)
-VIEWS = (DATE_DIM, LATEST_SNAPSHOT, DAILY_ROLLUP, TOP_MOVERS)  # creation order
+# Reporting views in creation order (TOP_MOVERS reads LATEST_SNAPSHOT); columns: VIEW_COLUMNS.
+VIEWS = (
+    DATE_DIM,
+    SNAPSHOT_FILTER,
+    LATEST_SNAPSHOT,
+    MARKET_SNAPSHOTS,
+    COIN_HISTORY,
+    DAILY_ROLLUP,
+    TOP_MOVERS,
+)
 
 # TOP_MOVERS ranks 24h price moves among the top coins by market cap, per direction.
 TOP_MOVERS_UNIVERSE = 250
@@ -260,9 +273,18 @@ def create_tables(n: Names) -> list[Statement]:
 
 
 # --- Views (reporting; also written out as looker/views.sql) ----------------------------------
+#
+# Every view carries VS_CURRENCY. A snapshot is one (SNAPSHOT_ID, VS_CURRENCY) group of
+# CRYPTO_DATA; "latest" is per VS_CURRENCY: the greatest FETCHED_AT, then LOADED_AT, then
+# SNAPSHOT_ID (so a EUR run never replaces the latest USD snapshot). Orderings spell out
+# NULLS LAST because Snowflake sorts NULLs first in DESC and DuckDB (the emulator) last.
+# Not used because the two engines disagree: MAX_BY/MIN_BY (DuckDB skips a NULL value at the
+# maximum, Snowflake returns it) and TO_CHAR with a format (the emulator drops the format).
 
 
 def _view(n: Names, name: str, comment: str, body: str) -> Statement:
+    if "'" in comment:
+        raise ValueError(f"the comment of view {name} must not hold a quote: {comment!r}")
     return Statement(
         f"create view {name}",
         f"CREATE OR REPLACE VIEW {n.q(name)} COPY GRANTS\n"
@@ -270,16 +292,110 @@ def _view(n: Names, name: str, comment: str, body: str) -> Statement:
     )
 
 
+def _snapshots(data: str) -> str:
+    """Subquery: one row per (SNAPSHOT_ID, VS_CURRENCY) with FETCHED_AT, FETCH_DATE, IS_LATEST."""
+    return f"""(
+    SELECT
+        SNAPSHOT_ID,
+        VS_CURRENCY,
+        MAX(FETCHED_AT) AS FETCHED_AT,
+        MAX(FETCH_DATE) AS FETCH_DATE,
+        {_is_latest("        ")} AS IS_LATEST
+    FROM {data}
+    GROUP BY SNAPSHOT_ID, VS_CURRENCY
+)"""
+
+
+def _is_latest(indent: str) -> str:
+    """Inside a GROUP BY SNAPSHOT_ID, VS_CURRENCY: true for the latest snapshot of its currency."""
+    return (
+        "ROW_NUMBER() OVER (\n"
+        f"{indent}    PARTITION BY VS_CURRENCY\n"
+        f"{indent}    ORDER BY MAX(FETCHED_AT) DESC NULLS LAST, MAX(LOADED_AT) DESC NULLS LAST,"
+        " SNAPSHOT_ID DESC\n"
+        f"{indent}) = 1"
+    )
+
+
+def _two_digits(expr: str) -> str:
+    return f"LPAD(CAST({expr} AS VARCHAR), 2, '0')"
+
+
+def _utc_minute_text(ts: str) -> str:
+    """``YYYY-MM-DD HH24:MI UTC`` of a TIMESTAMP_TZ, from date parts (no session formats)."""
+    utc = f"CONVERT_TIMEZONE('UTC', {ts})"
+    parts = [
+        f"LPAD(CAST(YEAR({utc}) AS VARCHAR), 4, '0') || '-'",
+        f"{_two_digits(f'MONTH({utc})')} || '-'",
+        f"{_two_digits(f'DAY({utc})')} || ' '",
+        f"{_two_digits(f'HOUR({utc})')} || ':'",
+        f"{_two_digits(f'MINUTE({utc})')} || ' UTC'",
+    ]
+    return "\n        || ".join(parts)
+
+
+# Shares of the /global totals are stored per coin; the totals come back as
+# sum(value) / sum(share) * 100 over the rows that have both, on the 'global' basis only.
+def _global_total(value: str, share: str) -> str:
+    on_global = f"DOMINANCE_BASIS = 'global' AND {value} IS NOT NULL AND {share} IS NOT NULL"
+    return (
+        f"SUM(CASE WHEN {on_global} THEN {value} END)\n"
+        f"        / NULLIF(SUM(CASE WHEN {on_global} THEN {share} END), 0) * 100"
+    )
+
+
+# The columns of each view, in order (LATEST_SNAPSHOT: every CRYPTO_DATA column).
+VIEW_COLUMNS: dict[str, tuple[str, ...]] = {
+    DATE_DIM: (
+        "DATE_KEY", "VS_CURRENCY", "CALENDAR_YEAR", "CALENDAR_QUARTER", "MONTH_NUMBER",
+        "MONTH_NAME", "MONTH_START", "ISO_WEEK", "WEEK_START", "DAY_OF_MONTH", "DAY_OF_YEAR",
+        "ISO_DAY_OF_WEEK", "DAY_NAME", "IS_WEEKEND",
+    ),
+    SNAPSHOT_FILTER: (
+        "SNAPSHOT_ID", "VS_CURRENCY", "FETCH_DATE", "FETCHED_AT", "SNAPSHOT_LABEL", "IS_LATEST",
+    ),
+    LATEST_SNAPSHOT: (*DATA_COLUMN_NAMES, "LOADED_AT"),
+    MARKET_SNAPSHOTS: (
+        "SNAPSHOT_ID", "VS_CURRENCY", "FETCHED_AT", "FETCH_DATE", "COIN_COUNT",
+        "LOADED_MARKET_CAP", "LOADED_VOLUME", "GLOBAL_MARKET_CAP", "GLOBAL_VOLUME",
+        "DOMINANCE_BASIS", "BTC_DOMINANCE_PCT", "ETH_DOMINANCE_PCT", "GAINERS_24H",
+        "LOSERS_24H", "IS_LATEST",
+    ),
+    COIN_HISTORY: (
+        "SNAPSHOT_ID", "VS_CURRENCY", "FETCHED_AT", "FETCH_DATE", "COIN_ID", "SYMBOL", "NAME",
+        "MARKET_CAP_RANK", "CURRENT_PRICE", "MARKET_CAP", "MARKET_CAP_DOMINANCE_PCT",
+        "TOTAL_VOLUME", "VOLUME_PCT", "PRICE_CHANGE_PERCENTAGE_24H",
+    ),
+    DAILY_ROLLUP: (
+        "FETCH_DATE", "VS_CURRENCY", "COIN_ID", "SYMBOL", "NAME", "SNAPSHOTS",
+        "FIRST_FETCHED_AT", "LAST_FETCHED_AT", "OPEN_PRICE", "HIGH_PRICE", "LOW_PRICE",
+        "CLOSE_PRICE", "DAY_CHANGE_PCT", "AVG_MARKET_CAP", "CLOSE_MARKET_CAP",
+        "CLOSE_MARKET_CAP_RANK", "AVG_TOTAL_VOLUME", "AVG_DOMINANCE_PCT", "CLOSE_DOMINANCE_PCT",
+        "AVG_VOLUME_PCT",
+    ),
+    TOP_MOVERS: (
+        "SNAPSHOT_ID", "FETCHED_AT", "VS_CURRENCY", "COIN_ID", "SYMBOL", "NAME", "IMAGE_URL",
+        "MARKET_CAP_RANK", "CURRENT_PRICE", "MARKET_CAP", "TOTAL_VOLUME", "PRICE_CHANGE_24H",
+        "PRICE_CHANGE_PERCENTAGE_24H", "DIRECTION", "MOVE_RANK",
+    ),
+}  # fmt: skip
+
+
 def create_views(n: Names) -> list[Statement]:
-    """``CREATE OR REPLACE VIEW ... COPY GRANTS`` for DATE_DIM and the Looker views."""
+    """``CREATE OR REPLACE VIEW ... COPY GRANTS`` for every view in ``VIEWS``, in that order.
+
+    Columns per view: ``VIEW_COLUMNS``. Money columns are in the row's VS_CURRENCY; ``*_PCT``
+    columns are percentages (0-100); FETCHED_AT is TIMESTAMP_TZ, FETCH_DATE a DATE.
+    """
     data = n.q(CRYPTO_DATA)
     date_dim = _view(
         n,
         DATE_DIM,
-        "Calendar attributes of every FETCH_DATE present in CRYPTO_DATA",
+        "Calendar attributes of every FETCH_DATE present in CRYPTO_DATA, per currency",
         f"""
 SELECT DISTINCT
     FETCH_DATE AS DATE_KEY,
+    VS_CURRENCY,
     YEAR(FETCH_DATE) AS CALENDAR_YEAR,
     QUARTER(FETCH_DATE) AS CALENDAR_QUARTER,
     MONTH(FETCH_DATE) AS MONTH_NUMBER,
@@ -296,23 +412,99 @@ FROM {data}
 WHERE FETCH_DATE IS NOT NULL
 """,
     )
+    snapshot_filter = _view(
+        n,
+        SNAPSHOT_FILTER,
+        "One row per snapshot and currency with a readable label: the snapshot and fetch-date"
+        " control of the report",
+        f"""
+SELECT
+    S.SNAPSHOT_ID,
+    S.VS_CURRENCY,
+    S.FETCH_DATE,
+    S.FETCHED_AT,
+    COALESCE(
+        {_utc_minute_text("S.FETCHED_AT")},
+        'time unknown'
+    ) || ' · ' || COALESCE(S.VS_CURRENCY, '?') || ' · ' || S.SNAPSHOT_ID AS SNAPSHOT_LABEL,
+    S.IS_LATEST
+FROM {_snapshots(data)} AS S
+""",
+    )
     latest = _view(
         n,
         LATEST_SNAPSHOT,
-        "Every coin of the most recent snapshot (by FETCHED_AT, then LOADED_AT)",
+        "Every coin of the latest snapshot of each currency (by FETCHED_AT, LOADED_AT,"
+        " SNAPSHOT_ID)",
         f"""
 SELECT D.*
 FROM {data} AS D
-WHERE D.SNAPSHOT_ID = (
-    SELECT L.SNAPSHOT_ID
-    FROM {data} AS L
-    ORDER BY L.FETCHED_AT DESC, L.LOADED_AT DESC, L.SNAPSHOT_ID DESC
-    LIMIT 1
-)
+JOIN {_snapshots(data)} AS S
+    ON S.SNAPSHOT_ID = D.SNAPSHOT_ID AND S.VS_CURRENCY IS NOT DISTINCT FROM D.VS_CURRENCY
+WHERE S.IS_LATEST
 """,
     )
-    open_price = "MIN_BY(CURRENT_PRICE, FETCHED_AT)"
-    close_price = "MAX_BY(CURRENT_PRICE, FETCHED_AT)"
+    market = _view(
+        n,
+        MARKET_SNAPSHOTS,
+        "One row per snapshot and currency: coins, market cap and volume (loaded sums and the"
+        " /global totals), BTC/ETH dominance, 24h gainers and losers",
+        f"""
+SELECT
+    SNAPSHOT_ID,
+    VS_CURRENCY,
+    MAX(FETCHED_AT) AS FETCHED_AT,
+    MAX(FETCH_DATE) AS FETCH_DATE,
+    COUNT(*) AS COIN_COUNT,
+    SUM(MARKET_CAP) AS LOADED_MARKET_CAP,
+    SUM(TOTAL_VOLUME) AS LOADED_VOLUME,
+    {_global_total("MARKET_CAP", "MARKET_CAP_DOMINANCE_PCT")} AS GLOBAL_MARKET_CAP,
+    {_global_total("TOTAL_VOLUME", "VOLUME_PCT")} AS GLOBAL_VOLUME,
+    CASE
+        WHEN MIN(DOMINANCE_BASIS) = MAX(DOMINANCE_BASIS) THEN MIN(DOMINANCE_BASIS)
+        WHEN COUNT(DOMINANCE_BASIS) > 0 THEN 'mixed'
+    END AS DOMINANCE_BASIS,
+    MAX(CASE WHEN COIN_ID = 'bitcoin' THEN MARKET_CAP_DOMINANCE_PCT END) AS BTC_DOMINANCE_PCT,
+    MAX(CASE WHEN COIN_ID = 'ethereum' THEN MARKET_CAP_DOMINANCE_PCT END) AS ETH_DOMINANCE_PCT,
+    COUNT(CASE WHEN PRICE_CHANGE_PERCENTAGE_24H > 0 THEN 1 END) AS GAINERS_24H,
+    COUNT(CASE WHEN PRICE_CHANGE_PERCENTAGE_24H < 0 THEN 1 END) AS LOSERS_24H,
+    {_is_latest("    ")} AS IS_LATEST
+FROM {data}
+GROUP BY SNAPSHOT_ID, VS_CURRENCY
+""",
+    )
+    history = _view(
+        n,
+        COIN_HISTORY,
+        "One row per coin per snapshot: price, market cap, rank, dominance and volume share",
+        f"""
+SELECT
+    SNAPSHOT_ID,
+    VS_CURRENCY,
+    FETCHED_AT,
+    FETCH_DATE,
+    COIN_ID,
+    SYMBOL,
+    NAME,
+    MARKET_CAP_RANK,
+    CURRENT_PRICE,
+    MARKET_CAP,
+    MARKET_CAP_DOMINANCE_PCT,
+    TOTAL_VOLUME,
+    VOLUME_PCT,
+    PRICE_CHANGE_PERCENTAGE_24H
+FROM {data}
+""",
+    )
+    # Open/close are the day's first/last snapshot of the coin, NULL when that row's value is.
+    day = "PARTITION BY FETCH_DATE, VS_CURRENCY, COIN_ID"
+
+    def at_open(col: str) -> str:
+        return f"MAX(CASE WHEN OPEN_ROW = 1 THEN {col} END)"
+
+    def at_close(col: str) -> str:
+        return f"MAX(CASE WHEN CLOSE_ROW = 1 THEN {col} END)"
+
     daily = _view(
         n,
         DAILY_ROLLUP,
@@ -322,33 +514,47 @@ SELECT
     FETCH_DATE,
     VS_CURRENCY,
     COIN_ID,
-    MAX_BY(SYMBOL, FETCHED_AT) AS SYMBOL,
-    MAX_BY(NAME, FETCHED_AT) AS NAME,
+    {at_close("SYMBOL")} AS SYMBOL,
+    {at_close("NAME")} AS NAME,
     COUNT(*) AS SNAPSHOTS,
     MIN(FETCHED_AT) AS FIRST_FETCHED_AT,
     MAX(FETCHED_AT) AS LAST_FETCHED_AT,
-    {open_price} AS OPEN_PRICE,
+    {at_open("CURRENT_PRICE")} AS OPEN_PRICE,
     MAX(CURRENT_PRICE) AS HIGH_PRICE,
     MIN(CURRENT_PRICE) AS LOW_PRICE,
-    {close_price} AS CLOSE_PRICE,
-    ({close_price} - {open_price}) / NULLIF({open_price}, 0) * 100 AS DAY_CHANGE_PCT,
+    {at_close("CURRENT_PRICE")} AS CLOSE_PRICE,
+    ({at_close("CURRENT_PRICE")} - {at_open("CURRENT_PRICE")})
+        / NULLIF({at_open("CURRENT_PRICE")}, 0) * 100 AS DAY_CHANGE_PCT,
     AVG(MARKET_CAP) AS AVG_MARKET_CAP,
-    MAX_BY(MARKET_CAP, FETCHED_AT) AS CLOSE_MARKET_CAP,
-    MAX_BY(MARKET_CAP_RANK, FETCHED_AT) AS CLOSE_MARKET_CAP_RANK,
+    {at_close("MARKET_CAP")} AS CLOSE_MARKET_CAP,
+    {at_close("MARKET_CAP_RANK")} AS CLOSE_MARKET_CAP_RANK,
     AVG(TOTAL_VOLUME) AS AVG_TOTAL_VOLUME,
     AVG(MARKET_CAP_DOMINANCE_PCT) AS AVG_DOMINANCE_PCT,
-    MAX_BY(MARKET_CAP_DOMINANCE_PCT, FETCHED_AT) AS CLOSE_DOMINANCE_PCT,
+    {at_close("MARKET_CAP_DOMINANCE_PCT")} AS CLOSE_DOMINANCE_PCT,
     AVG(VOLUME_PCT) AS AVG_VOLUME_PCT
-FROM {data}
+FROM (
+    SELECT
+        FETCH_DATE, VS_CURRENCY, COIN_ID, SYMBOL, NAME, FETCHED_AT, CURRENT_PRICE, MARKET_CAP,
+        MARKET_CAP_RANK, TOTAL_VOLUME, MARKET_CAP_DOMINANCE_PCT, VOLUME_PCT,
+        ROW_NUMBER() OVER (
+            {day}
+            ORDER BY FETCHED_AT ASC NULLS LAST, LOADED_AT ASC NULLS LAST, SNAPSHOT_ID ASC
+        ) AS OPEN_ROW,
+        ROW_NUMBER() OVER (
+            {day}
+            ORDER BY FETCHED_AT DESC NULLS LAST, LOADED_AT DESC NULLS LAST, SNAPSHOT_ID DESC
+        ) AS CLOSE_ROW
+    FROM {data}
+) AS R
 GROUP BY FETCH_DATE, VS_CURRENCY, COIN_ID
 """,
     )
-    direction = "CASE WHEN PRICE_CHANGE_PERCENTAGE_24H >= 0 THEN 'GAINER' ELSE 'LOSER' END"
+    direction = "CASE WHEN PRICE_CHANGE_PERCENTAGE_24H > 0 THEN 'GAINER' ELSE 'LOSER' END"
     movers = _view(
         n,
         TOP_MOVERS,
-        f"Latest snapshot: the {TOP_MOVERS_PER_SIDE} biggest 24h gainers and losers among the"
-        f" top {TOP_MOVERS_UNIVERSE} coins by market cap",
+        f"Latest snapshot of each currency: the {TOP_MOVERS_PER_SIDE} biggest 24h gainers and"
+        f" losers among the top {TOP_MOVERS_UNIVERSE} coins by market cap rank",
         f"""
 SELECT M.*
 FROM (
@@ -368,17 +574,27 @@ FROM (
         PRICE_CHANGE_PERCENTAGE_24H,
         {direction} AS DIRECTION,
         ROW_NUMBER() OVER (
-            PARTITION BY {direction}
+            PARTITION BY VS_CURRENCY, {direction}
             ORDER BY ABS(PRICE_CHANGE_PERCENTAGE_24H) DESC, MARKET_CAP_RANK, COIN_ID
         ) AS MOVE_RANK
     FROM {n.q(LATEST_SNAPSHOT)}
     WHERE PRICE_CHANGE_PERCENTAGE_24H IS NOT NULL
+      AND PRICE_CHANGE_PERCENTAGE_24H <> 0
       AND MARKET_CAP_RANK <= {TOP_MOVERS_UNIVERSE}
 ) AS M
 WHERE M.MOVE_RANK <= {TOP_MOVERS_PER_SIDE}
 """,
     )
-    return [date_dim, latest, daily, movers]
+    built = {
+        DATE_DIM: date_dim,
+        SNAPSHOT_FILTER: snapshot_filter,
+        LATEST_SNAPSHOT: latest,
+        MARKET_SNAPSHOTS: market,
+        COIN_HISTORY: history,
+        DAILY_ROLLUP: daily,
+        TOP_MOVERS: movers,
+    }
+    return [built[v] for v in VIEWS]
 
 
 def views_script(database: str = DEFAULT_DATABASE, schema: str = DEFAULT_SCHEMA) -> str:

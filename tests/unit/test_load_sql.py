@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
+import sqlglot
+from sqlglot import exp
 
 from functions.common.errors import ConfigError, ValidationError
 from functions.common.schema import COLUMN_NAMES, TIMESTAMP_FORMAT
@@ -105,6 +108,33 @@ def test_views_script_follows_database_and_schema():
     script = sql.views_script("OTHER_DB", "REPORTING")
     assert "CRYPTO_ETL_DB" not in script
     assert "FROM OTHER_DB.REPORTING.CRYPTO_DATA" in script
+
+
+def test_views_are_snowflake_sql_reading_only_their_own_schema_in_creation_order():
+    created: list[str] = []
+    for stmt in sql.create_views(Names("OTHER_DB", "REPORTING")):
+        parsed = sqlglot.parse_one(stmt.sql, read="snowflake")
+        assert isinstance(parsed, exp.Create) and parsed.args["kind"] == "VIEW"
+        name = parsed.this.name
+        read = {(t.catalog, t.db, t.name) for t in parsed.find_all(exp.Table)} - {
+            ("OTHER_DB", "REPORTING", name)
+        }
+        assert read and all(t[:2] == ("OTHER_DB", "REPORTING") for t in read), (name, read)
+        # A view reads CRYPTO_DATA or views created before it.
+        assert {t[2] for t in read} <= {"CRYPTO_DATA", *created}, (name, read)
+        created.append(name)
+    assert tuple(created) == sql.VIEWS
+    assert set(sql.VIEW_COLUMNS) == set(sql.VIEWS)
+
+
+def test_views_avoid_what_snowflake_and_the_emulator_disagree_on():
+    for stmt in sql.create_views(Names()):
+        # MAX_BY/MIN_BY: DuckDB skips a NULL value at the maximum; TO_CHAR: format dropped.
+        for construct in ("MAX_BY", "MIN_BY", "TO_CHAR", "TO_VARCHAR"):
+            assert construct not in stmt.sql, (stmt.label, construct)
+        # Snowflake sorts NULLs first in DESC, DuckDB last: every time ordering says which.
+        unpinned = re.findall(r"(?:FETCHED_AT|LOADED_AT)\)? (?:ASC|DESC)(?! NULLS LAST)", stmt.sql)
+        assert not unpinned, (stmt.label, unpinned)
 
 
 def test_copy_pins_the_processed_files_timestamp_and_date_formats():
