@@ -2,8 +2,9 @@
 
 This module is the argument parser and the one place errors become messages and exit codes.
 Each command lives in its own module, which adds its sub-parser with ``register(subparsers)``
-and sets ``func(args, out) -> exit code`` on it: ``run_command`` (``run``) and
-``warehouse_commands`` (``sql``, ``show``).
+and sets ``func(args, out) -> exit code`` on it: ``run_command`` (``run``),
+``warehouse_commands`` (``sql``, ``show``, ``runs``, ``rebuild``), ``looker_command``
+(``looker``), ``dashboard`` (``dashboard``) and ``aws_command`` (``aws run``).
 
 Exit codes: 0 success, 1 the execution failed (or nothing to show), 2 bad arguments, paths or
 configuration, 130 interrupted.
@@ -20,7 +21,7 @@ from typing import TextIO
 from snowflake.connector.errors import Error as SnowflakeError
 
 from functions.common.errors import CryptoEtlError
-from local_mode import run_command, warehouse_commands
+from local_mode import aws_command, dashboard, looker_command, run_command, warehouse_commands
 from local_mode.run_command import DEFAULT_LOCAL_DIR
 
 EXIT_CODES = """exit codes:
@@ -48,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     run_command.register(sub)
     warehouse_commands.register(sub)
+    looker_command.register(sub)
+    dashboard.register(sub)
+    aws_command.register(sub)
     return parser
 
 
