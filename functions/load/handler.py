@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from functions.common import keys
-from functions.common.errors import ValidationError
+from functions.common.errors import CryptoEtlError, StorageError, ValidationError
 from functions.common.log import get_logger
 from functions.common.schema import TIMESTAMP_FORMAT
 from functions.common.snapshot_index import switch_current
@@ -191,20 +191,29 @@ def run(
                 conn.close()
     if result.commit_reply_lost:
         logger.warning("COMMIT's reply was lost; a new session found this load committed")
-    index = switch_current(
-        storage,
-        request.snapshot_id,
-        partition_date=request.partition_date,
-        current={
-            "run_id": request.run_id,
-            "execution_id": request.run.execution_id,
-            "manifest_key": request.manifest_key,
-            "processed_key": request.processed_key,
-            "rejected_key": request.run.rejected_key,
-            "rows": result.rows_loaded,
-            "loaded_at": result.loaded_at,
-        },
-    )
+    try:
+        index = switch_current(
+            storage,
+            request.snapshot_id,
+            partition_date=request.partition_date,
+            current={
+                "run_id": request.run_id,
+                "execution_id": request.run.execution_id,
+                "manifest_key": request.manifest_key,
+                "processed_key": request.processed_key,
+                "rejected_key": request.run.rejected_key,
+                "rows": result.rows_loaded,
+                "loaded_at": result.loaded_at,
+            },
+        )
+    except CryptoEtlError as exc:
+        # The warehouse has changed: say so, so nobody reads the failure as "nothing loaded".
+        raise StorageError(
+            f"the warehouse COMMITTED snapshot {request.snapshot_id} (run {request.run_id},"
+            f" {result.rows_loaded} rows in {result.table}), but the lake's snapshot index"
+            f" {keys.snapshot_index_key(request.snapshot_id)} could not be switched to this run"
+            f" ({type(exc).__name__}: {exc}); re-running the snapshot is safe and fixes it"
+        ) from exc
     logger.info("snapshot index switched", extra={"current": index["current"]})
     return {
         **event,

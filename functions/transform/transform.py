@@ -41,38 +41,16 @@ Rejects (the row goes to ``rejected/`` with ``reject_reason`` listing every code
     ``invalid_timestamp:<column>``    a timestamp field that is not an ISO-8601 string, or whose
                                       instant in UTC falls outside years 0001-9999 (or a ``NaN``);
     ``negative:<column>``             ``current_price``, ``market_cap`` or ``total_volume`` < 0;
-    ``exceeds_global_total:<column>`` on the ``global`` basis only: ``market_cap`` above
-                                      ``/global``'s total market cap, or ``total_volume`` above its
-                                      total volume. A coin worth more than the whole market is an
-                                      impossible fact (seen: a spam token at ~3e27 USD), and keeping
-                                      it would put a share above 100 % in CRYPTO_DATA and corrupt
-                                      every SUM over the snapshot; ``reject_detail`` has the value
-                                      and the total.
-    Invalid values are never silently nulled: a garbled number marks a broken row, and the rejected
-    file keeps the offending raw values in ``reject_detail`` (with ``source_page``/``source_row``).
-    A refused text value (too long, invalid text) is NULL in the rejected file's own column (its
-    escaped ``repr`` is in ``reject_detail``), so that file always encodes as UTF-8.
-
-Types
-    Numbers: JSON ints, floats, and numeric strings (``"1.2e-7"``, ``" 12 "``) -> float64; JSON
-    null or an absent key -> NULL. A NaN is not null: ``json.loads`` turns the (non-standard)
-    literal ``NaN`` into ``float("nan")``, which is told apart from null on the raw objects (pandas
-    would turn None into NaN) and rejected like ``Infinity``. ``market_cap_rank`` -> nullable
-    Int64. Timestamps: ISO-8601 strings (the forms pandas' ``format="ISO8601"`` reads) with ``Z``,
-    an offset, or none (taken as UTC) -> ``datetime64[us, UTC]``, for any instant in years
-    0001-9999 on pandas 2 and 3 alike (pandas 2's default nanosecond unit stops at 1677-2262:
-    strings outside it are parsed 400 Gregorian years nearer, which is the same calendar, and
-    shifted back; digits below a microsecond are truncated). Text is kept exactly as given
-    (``symbol`` is NOT lower-cased: CoinGecko already sends it lower-case, and ``id`` is the key,
-    not ``symbol``); an empty string is NULL (the CSV cannot tell them apart anyway).
-
-Nested and dropped fields
-    ``image``: a URL string, or an object whose first non-empty string of ``large``, ``small``,
-    ``thumb`` is taken -> ``image_url``. ``roi`` (``{times, currency, percentage}`` or null) ->
-    ``roi_times``, ``roi_currency``, ``roi_percentage`` (all NULL when ``roi`` is null). Every other
-    field is dropped (e.g. ``sparkline_in_7d``, ``price_change_percentage_*_in_currency`` when
-    requested, anything CoinGecko adds later); their names are listed in ``quality.dropped_fields``.
-
+    ``implausible_outlier:<column>``  ``market_cap`` or ``total_volume`` above
+                                      ``OUTLIER_FACTOR`` (1e6) x the sum of every other kept
+                                      coin's (with at least two others): on any basis, so a spam
+                                      token at ~3e27 USD cannot take ~100 % of a fetched basis;
+    ``exceeds_global_total:market_cap``  on the ``global`` basis: a market cap above ``/global``'s
+                                      total market cap, when it is one of a few such coins (at
+                                      most 1 %) beside coins consistent with that total. A coin
+                                      worth more than the whole market is an impossible fact, and
+                                      keeping it would corrupt every SUM over the snapshot;
+                                      ``reject_detail`` has the value and the total.
 Dominance
     ``market_cap_dominance_pct = market_cap / global.data.total_market_cap[vs] * 100`` and
     ``volume_pct = total_volume / global.data.total_volume[vs] * 100`` with
@@ -80,11 +58,14 @@ Dominance
     finite numbers. Otherwise (no body, error body, currency missing, zero) both use the sums of
     the accepted rows' caps / volumes and ``dominance_basis = 'fetched'`` (one flag per snapshot, so
     both percentages always share a basis). A NULL market cap (volume) gives a NULL percentage;
-    a zero denominator gives NULL percentages. On the global basis a row above the total is
-    rejected (``exceeds_global_total``), so no stored share exceeds 100 %; the fetched sums are
-    taken over the rows kept. ``quality.dominance_basis_reason`` says why the basis is
-    ``fetched`` (``"/global unavailable: <global_error>"`` when the caller says why there is no
-    body).
+    a zero denominator gives NULL percentages. ``/global`` is checked against the coins first:
+    when more than a few coins exceed its total market cap, when the coins together exceed it
+    (beyond 5 %), or when any coin's volume exceeds its total volume (a coin's volume can exceed
+    a fair share but not the whole), ``/global`` is the wrong one and the fetched basis is used,
+    with the reason in ``quality.dominance_basis_reason``; so no stored market-cap share exceeds
+    100 % and no volume share exceeds 100 % on the global basis. The fetched sums are taken over
+    the rows kept. ``dominance_basis_reason`` also says ``"/global unavailable: <global_error>"``
+    when the caller says why there is no body.
 
 Quality checks (reported in ``quality.checks``; only "no valid rows" raises DataQualityError)
     rows accounted for, coin ids unique, ranks positive, dominance sum <= 100 (+1e-6), volume sum
@@ -789,6 +770,88 @@ def _parse_fetch_date(fetch_date: str | date) -> date:
         raise ValidationError("fetch_date", f"{fetch_date!r} is not YYYY-MM-DD") from exc
 
 
+# A coin worth this many times every other fetched coin together is no market fact: the
+# largest real coin is a few times the next two (CoinGecko's top coins, any day); spam tokens
+# with absurd supplies report ~1e15 times that (the issue's token: 3e27 USD).
+OUTLIER_FACTOR = 1e6
+OUTLIER_MIN_OTHERS = 2
+# /global and the pages are fetched seconds apart: the coins may sum a little above its total.
+GLOBAL_SUM_TOLERANCE = 1.05
+
+
+def _outliers(values: pd.Series, kept: pd.Series) -> pd.Series:
+    """Rows of ``kept`` whose value exceeds ``OUTLIER_FACTOR`` x the sum of the other kept rows'
+    (only when at least ``OUTLIER_MIN_OTHERS`` other rows have a positive value)."""
+    positive = values.where(kept & values.gt(0))
+    total = float(positive.sum(skipna=True))
+    others = total - positive
+    enough = int(positive.notna().sum()) - 1 >= OUTLIER_MIN_OTHERS
+    if not enough:
+        return pd.Series(False, index=values.index)
+    return (positive > OUTLIER_FACTOR * others).fillna(False).astype(bool)
+
+
+def _check_global(
+    cols: dict[str, pd.Series],
+    kept: pd.Series,
+    problems: _Problems,
+    cap_total: float,
+    vol_total: float,
+) -> tuple[float | None, float | None, str]:
+    """Check ``/global``'s totals against the kept coins; return the totals to use and why not.
+
+    * A few coins (at most 1 % of them, at least one) whose market cap exceeds the total market
+      cap, beside coins that are consistent with it, are rejected (``exceeds_global_total``).
+    * When more coins exceed it, or the others together exceed it (beyond
+      ``GLOBAL_SUM_TOLERANCE``), or any coin's volume exceeds the total volume, ``/global`` is
+      the wrong one: both totals are set aside (``None``) and the fetched basis is used.
+    """
+    cap = cols["market_cap"].where(kept)
+    above = cap.gt(cap_total).fillna(False).astype(bool)
+    rest = kept & ~above
+    rest_sum = float(cap[rest].sum(skipna=True))
+    n_above, n_kept = int(above.sum()), int(kept.sum())
+    ids = cols["coin_id"]
+    if n_above and (n_above > max(1, n_kept // 100) or not rest.any()):
+        return (
+            None,
+            None,
+            (
+                f"/global total_market_cap {cap_total!r} is below the market cap of {n_above}"
+                f" of {n_kept} coins (e.g. {', '.join(map(str, ids[above].head(3)))}):"
+                " /global set aside"
+            ),
+        )
+    if rest_sum > cap_total * GLOBAL_SUM_TOLERANCE:
+        return (
+            None,
+            None,
+            (
+                f"/global total_market_cap {cap_total!r} is below the sum of the fetched coins'"
+                f" market caps {rest_sum!r}: /global set aside"
+            ),
+        )
+    volume = cols["total_volume"].where(rest)
+    over = volume.gt(vol_total).fillna(False).astype(bool)
+    if over.any():
+        return (
+            None,
+            None,
+            (
+                f"/global total_volume {vol_total!r} is below the volume of"
+                f" {', '.join(map(str, ids[over].head(3)))}: /global set aside"
+            ),
+        )
+    problems.add(
+        "exceeds_global_total:market_cap",
+        ids.isin(ids[above]) & ~pd.Series(problems.rejected),
+        cols["market_cap"],
+        "market_cap",
+        f" > /global total_market_cap={cap_total!r}",
+    )
+    return cap_total, vol_total, ""
+
+
 def transform(
     manifest: Mapping[str, Any],
     pages: Sequence[Any],
@@ -828,16 +891,27 @@ def transform(
     cap_total, vol_total, why_not = global_totals(global_body, vs_currency)
     if global_body is None and global_error:
         why_not = f"/global unavailable: {global_error}"
+
+    def kept() -> pd.Series:
+        rejected_now = pd.Series(problems.rejected, index=frame.index)
+        ids = cols["coin_id"].where(~rejected_now)
+        return ~rejected_now & ~(ids.notna() & ids.duplicated(keep="first"))
+
+    # Plausibility, on the rows that survived the row checks: /global against the coins first (a
+    # coin above the whole market is rejected; /global itself is set aside when the coins say it
+    # is the wrong one), then absurd outliers among the coins, whatever the basis.
+    if cap_total is not None and vol_total is not None:
+        cap_total, vol_total, why_not = _check_global(cols, kept(), problems, cap_total, vol_total)
+    for name in ("market_cap", "total_volume"):
+        flagged = _outliers(cols[name], kept())
+        problems.add(
+            f"implausible_outlier:{name}",
+            cols["coin_id"].isin(cols["coin_id"][flagged]) & ~pd.Series(problems.rejected),
+            cols[name],
+            name,
+            f" > {OUTLIER_FACTOR:g} x the sum of every other coin's",
+        )
     basis = BASIS_GLOBAL if cap_total is not None and vol_total is not None else BASIS_FETCHED
-    if basis == BASIS_GLOBAL:
-        where = f"/global {{}}[{vs_currency.lower()}]="
-        for name, total, table in (
-            ("market_cap", cap_total, "total_market_cap"),
-            ("total_volume", vol_total, "total_volume"),
-        ):
-            above = cols[name].gt(total).fillna(False)
-            suffix = f" > {where.format(table)}{total!r}"
-            problems.add(f"exceeds_global_total:{name}", above, cols[name], name, suffix)
 
     rejected_mask = pd.Series(problems.rejected, index=frame.index)
     accepted_ids = cols["coin_id"].where(~rejected_mask)

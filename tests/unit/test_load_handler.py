@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from functions.common import keys
-from functions.common.errors import LoadError, ValidationError
+from functions.common.errors import LoadError, StorageError, ValidationError
 from functions.common.storage import LocalStorage
 from functions.extract import handler as extract
 from functions.load import handler as load
@@ -153,6 +153,21 @@ def test_a_failed_load_leaves_the_index_and_the_warehouse_unchanged(server, lake
     assert lake.get_bytes("snapshots/s.json") == index_before
     assert index_of(lake)["current"]["run_id"] == "exec-A"
     assert warehouse_state(cfg) == state_before
+
+
+def test_an_index_failure_after_commit_says_the_warehouse_changed(server, lake, cfg) -> None:
+    """After COMMIT the warehouse holds the new rows: a failure to switch the index must say so
+    (not read as 'nothing loaded'), and a re-run repairs the index."""
+    load.run(transformed(server, lake, "exec-A"), storage=lake, config=cfg)
+    event_b = transformed(server, lake, "exec-B")
+    lake.put_bytes("snapshots/s.json", b'{"snapshot_id": "s", "partition_date": "bogus"}')
+    with pytest.raises(
+        StorageError, match=r"COMMITTED snapshot s .*re-running the snapshot is safe"
+    ):
+        load.run(event_b, storage=lake, config=cfg)
+    lake.put_bytes("snapshots/s.json", b'{"snapshot_id": "s", "partition_date": "2026-11-27"}')
+    load.run(event_b, storage=lake, config=cfg)
+    assert index_of(lake)["current"]["run_id"] == "exec-B"
 
 
 def test_a_failed_first_load_leaves_the_index_with_no_current_run(server, lake, cfg) -> None:
