@@ -145,11 +145,22 @@ class LocalWarehouse:
         return self._proc.pid if self._proc else None
 
     def start(self) -> None:
-        """Start the server and wait until it accepts connections (LocalWarehouseError if not)."""
+        """Start the server and wait until it accepts connections.
+
+        Raises LocalWarehouseError (one line naming the folder and the OS error) when
+        ``data_dir`` is not a writable directory or cannot be created, when another process
+        holds it, or when the server does not come up.
+        """
         if self.running:
             return
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        self._acquire_lock()
+        try:
+            self._check_dir()
+            self._acquire_lock()
+        except OSError as exc:
+            raise LocalWarehouseError(
+                f"cannot use {self.data_dir} as the local warehouse folder (it must be a"
+                f" writable directory): {type(exc).__name__}: {exc.strerror or exc}"
+            ) from exc
         try:
             attempts = 1 if self._requested_port else 3
             for attempt in range(attempts):
@@ -157,9 +168,24 @@ class LocalWarehouse:
                 if self._launch(port, last_attempt=attempt == attempts - 1):
                     self.port = port
                     return
+        except OSError as exc:  # the log file, the temp folder, the subprocess itself
+            self.stop()
+            raise LocalWarehouseError(
+                f"cannot start the local warehouse in {self.data_dir}: {type(exc).__name__}: {exc}"
+            ) from exc
         except BaseException:
             self.stop()
             raise
+
+    def _check_dir(self) -> None:
+        """Create ``data_dir`` and prove it writable (OSError if not).
+
+        DuckDB writes a WAL file beside each database: in a folder it cannot write, the server
+        would start and fail only at the first statement, with an opaque HTTP 500.
+        """
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=self.data_dir, prefix=".write-check-"):
+            pass
 
     def _launch(self, port: int, *, last_attempt: bool) -> bool:
         """One start attempt; False when the port was taken (the caller picks another)."""

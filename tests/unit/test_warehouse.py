@@ -235,3 +235,45 @@ def test_copy_accepts_the_loads_pinned_formats_and_refuses_others(tmp_path: Path
                 assert "TIMESTAMP_FORMAT = 'DD/MM/YYYY HH24:MI'" in str(err.value)
         finally:
             conn.close()
+
+
+@pytest.mark.parametrize("where", ["file", "under_a_file"])
+def test_a_folder_that_cannot_be_a_directory_is_refused_in_one_line(tmp_path: Path, where: str):
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where a folder should be")
+    data_dir = blocker if where == "file" else blocker / "warehouse"
+    wh = LocalWarehouse(data_dir)
+    with pytest.raises(LocalWarehouseError) as err:
+        wh.start()
+    message = str(err.value)
+    assert str(data_dir) in message and "\n" not in message
+    assert ("FileExistsError" if where == "file" else "NotADirectoryError") in message
+    assert not wh.running and wh.pid is None
+    assert blocker.read_text() == "a file where a folder should be"
+
+
+def _unwritable_dir(tmp_path: Path) -> Path:
+    """A directory this process cannot create files in (permissions; as root, sysfs)."""
+    if os.geteuid() != 0:
+        folder = tmp_path / "read-only"
+        folder.mkdir()
+        folder.chmod(0o555)
+        return folder
+    # Root ignores permission bits; sysfs refuses new entries to everyone.
+    probe = Path("/sys/crypto-etl-probe")
+    try:
+        probe.mkdir()
+    except OSError:
+        return Path("/sys")
+    probe.rmdir()
+    pytest.skip("no folder this process cannot write to (root, and /sys accepts mkdir)")
+
+
+def test_a_folder_it_cannot_write_is_refused_before_the_server_starts(tmp_path: Path):
+    parent = _unwritable_dir(tmp_path)
+    for data_dir in (parent / "warehouse", parent):  # to create / an existing one
+        wh = LocalWarehouse(data_dir)
+        with pytest.raises(LocalWarehouseError, match="writable directory") as err:
+            wh.start()
+        assert str(data_dir) in str(err.value) and "\n" not in str(err.value)
+        assert not wh.running
