@@ -247,12 +247,84 @@ def generate_markets(
     seed: int = DEFAULT_SEED,
     vs_currency: str = "usd",
     as_of: datetime = DEFAULT_AS_OF,
+    drift: bool = False,
 ) -> list[dict[str, Any]]:
-    """``coins`` coins sorted by market cap (descending), as ``/coins/markets`` lists them."""
+    """``coins`` coins sorted by market cap (descending), as ``/coins/markets`` lists them.
+
+    With ``drift``, the market moves deterministically with ``as_of``: see :func:`drifted`.
+    Without it (the default) the market is the same whatever ``as_of`` (bar its timestamps).
+    """
     if coins < 0:
         raise ValueError(f"coins must be >= 0, not {coins}")
     if vs_currency not in FX_RATES:
         raise ValueError(f"vs_currency {vs_currency!r} is not one of {sorted(FX_RATES)}")
+    if drift:
+        universe = _market_usd(coins + coins // 20 + (2 if coins else 0), seed, as_of)
+        return [_convert(c, vs_currency) for c in drifted(universe, coins, seed, as_of)]
+    return [_convert(c, vs_currency) for c in _market_usd(coins, seed, as_of)]
+
+
+def _day_step(seed: int, coin_id: str, day: int, sigma: float) -> float:
+    """One day's log-return of a coin: a fixed draw per (seed, coin, day)."""
+    return random.Random(f"{seed}:{coin_id}:{day}").gauss(0.0, sigma)
+
+
+def _walk(seed: int, coin_id: str, days: float, sigma: float) -> float:
+    """The coin's cumulative log-return ``days`` after ``DEFAULT_AS_OF`` (linear within a day)."""
+    whole = math.floor(days)
+    total = sum(_day_step(seed, coin_id, d, sigma) for d in range(max(0, whole)))
+    return total + (days - whole) * _day_step(seed, coin_id, whole, sigma)
+
+
+DRIFT_SIGMA = 0.06  # daily log-return of caps and prices (a lively crypto market)
+
+
+def drifted(
+    universe: list[dict[str, Any]], coins: int, seed: int, as_of: datetime
+) -> list[dict[str, Any]]:
+    """The ``coins`` largest of ``universe`` (USD quotes) after each coin's random walk to
+    ``as_of``: caps and prices move together (supplies fixed), volumes move more, the 24h
+    change is the walk's last 24 hours, ranks follow the new caps, and the coins near the
+    bottom of the ranking enter and leave from one day to the next."""
+    days = (as_of - DEFAULT_AS_OF).total_seconds() / 86_400.0
+    moved: list[dict[str, Any]] = []
+    for coin in universe:
+        cid = coin["id"]
+        now = _walk(seed, cid, days, DRIFT_SIGMA)
+        before = _walk(seed, cid, days - 1, DRIFT_SIGMA)
+        factor, ratio = math.exp(now), math.exp(now - before)
+        out = dict(coin)
+        for key in ("current_price", "high_24h", "low_24h"):
+            if out[key] is not None:
+                out[key] = _sig(out[key] * factor)
+        for key in ("market_cap", "fully_diluted_valuation"):
+            if out[key] is not None:
+                out[key] = round(out[key] * factor)
+        volume = coin["total_volume"] or 0
+        out["total_volume"] = round(volume * factor * math.exp(_day_step(seed, cid, -1, 0.3)))
+        if out["price_change_percentage_24h"] is not None:
+            pct = (ratio - 1) * 100
+            out["price_change_percentage_24h"] = round(pct, 5)
+            out["price_change_24h"] = out["current_price"] - out["current_price"] / ratio
+            out["market_cap_change_percentage_24h"] = round(pct, 5)
+            out["market_cap_change_24h"] = out["market_cap"] - out["market_cap"] / ratio
+        if out["ath"] is not None and out["current_price"] > out["ath"]:
+            out["ath"] = out["current_price"]
+        if out["ath"]:
+            out["ath_change_percentage"] = round((out["current_price"] / out["ath"] - 1) * 100, 5)
+        if out["atl"]:
+            out["atl_change_percentage"] = round((out["current_price"] / out["atl"] - 1) * 100, 5)
+        out["last_updated"] = _iso(as_of)
+        moved.append(out)
+    moved.sort(key=lambda c: (c["market_cap"] <= 0, -c["market_cap"]))
+    kept = moved[:coins]
+    for rank, coin in enumerate(kept, start=1):
+        coin["market_cap_rank"] = rank if coin["market_cap"] > 0 else None
+    return kept
+
+
+def _market_usd(coins: int, seed: int, as_of: datetime) -> list[dict[str, Any]]:
+    """``coins`` USD-quoted coins sorted by market cap (the undrifted market)."""
     rng = random.Random(seed)
     idents = _names(rng, coins)
     zero_caps = coins // 100
@@ -263,11 +335,10 @@ def generate_markets(
     )
     caps += [0.0] * zero_caps
     uncapped = set(rng.sample(range(coins), round(coins * 0.45)))  # max_supply null
-    market = [
+    return [
         _coin_usd(rng, (i + 1) if cap > 0 else None, cap, idents[i], as_of, i not in uncapped)
         for i, cap in enumerate(caps)
     ]
-    return [_convert(c, vs_currency) for c in market]
 
 
 def generate_global(
