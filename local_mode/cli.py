@@ -18,11 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
 
-from snowflake.connector.errors import Error as SnowflakeError
-
 from functions.common.errors import CryptoEtlError
-from local_mode import aws_command, dashboard, looker_command, run_command, warehouse_commands
-from local_mode.run_command import DEFAULT_LOCAL_DIR
 
 EXIT_CODES = """exit codes:
   0    success
@@ -34,6 +30,11 @@ EXIT_CODES = """exit codes:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``crypto-etl`` parser with every command's sub-parser."""
+    # Imported here, inside main()'s Ctrl-C guard: they pull in the Snowflake connector,
+    # pandas and pyarrow (~1 s), and a Ctrl-C meanwhile must not print a traceback.
+    from local_mode import aws_command, dashboard, looker_command, run_command, warehouse_commands
+    from local_mode.run_command import DEFAULT_LOCAL_DIR
+
     parser = argparse.ArgumentParser(
         prog="crypto-etl",
         description="CoinGecko -> S3 -> Snowflake pipeline, run locally.",
@@ -57,7 +58,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     """Parse ``argv``, run the command, and turn every expected failure into one line + a code."""
-    out = out or sys.stdout
+    try:
+        return _main(argv, out or sys.stdout)
+    except KeyboardInterrupt:  # also while the commands' modules are still being imported
+        print("interrupted (local services stopped)", file=sys.stderr)
+        return 130
+
+
+def _main(argv: Sequence[str] | None, out: TextIO) -> int:
+    from snowflake.connector.errors import Error as SnowflakeError
+
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args, out))
@@ -68,9 +78,6 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
         msg = getattr(exc, "raw_msg", None) or str(exc)
         print(f"error: the warehouse refused the statement: {msg}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted (local services stopped)", file=sys.stderr)
-        return 130
 
 
 if __name__ == "__main__":

@@ -19,20 +19,21 @@ Two sources:
   market of ``coins`` coins (quoted in any currency of ``synthetic.FX_RATES``; another
   ``vs_currency`` is HTTP 400 ``{"error": "invalid vs_currency"}``) and its ``/global``.
 * **recorded directory** (:meth:`ReplayServer.from_directory`): ``DIR/markets-page-0001.json``,
-  ``-0002``, … are served byte for byte at their page number whatever ``per_page`` asks;
-  a page number with no file (past the last one, or a gap) is ``[]``. A file holding a CoinGecko
-  error object is served with the status it names: ``{"status": {"error_code": C, ...}}`` with
-  C the HTTP status when C is 400-599 (429, 500, 403...), CoinGecko's own codes mapped (10002,
+  ``-0002``, … are served byte for byte at their page number whatever ``per_page`` asks; a page
+  number with no file (past the last one, or a gap) is ``[]``. Every file is read when the source is
+  built: one that cannot be read is a ValidationError, never a silent gap. A file holding a
+  CoinGecko error object is served with the status it names: ``{"status": {"error_code": C, ...}}``
+  with C the HTTP status when C is 400-599 (429, 500, 403...), CoinGecko's own codes mapped (10002,
   10010, 10011 -> 401; 10005, 1020 -> 403), anything else 400; ``{"error": "..."}`` -> 422 for
   "Missing parameter ...", 404 for "... not found", else 400 (see
-  ``functions.extract.api_errors.ApiErrorBody.http_status``). Any other content (even broken
-  JSON or HTML, to test such bodies) is served with 200. ``DIR/global.json`` is served as
-  recorded (an error object with its status, as above). **Without** ``global.json`` the server
-  answers ``/global`` with a minimal, honest body: the right shape with *empty*
+  ``functions.extract.api_errors.ApiErrorBody.http_status``). Any other content (even broken JSON or
+  HTML, to test such bodies) is served with 200. ``DIR/global.json`` is served as recorded (an error
+  object with its status, as above). **Without** ``global.json`` the server answers ``/global`` with
+  a minimal, honest body: the right shape with *empty*
   ``total_market_cap``/``total_volume``/``market_cap_percentage`` and the header
-  ``X-Replay-Synthesized: global``. It does not invent totals from the pages (that would make
-  the fetched coins look like 100% of the market); the transform then falls back to the fetched
-  sums and flags ``DOMINANCE_BASIS = 'fetched'``.
+  ``X-Replay-Synthesized: global``. It does not invent totals from the pages (that would make the
+  fetched coins look like 100% of the market); the transform then falls back to the fetched sums and
+  flags ``DOMINANCE_BASIS = 'fetched'``.
 
 Fault injection for tests (checked in this order for every request):
 
@@ -50,7 +51,9 @@ Fault injection for tests (checked in this order for every request):
    scripted replies), so waiting ``Retry-After`` always gets a request through.
 3. the source.
 
-Every request is recorded (:attr:`ReplayServer.requests`: path, query, headers, page, status).
+Every request is recorded (:attr:`ReplayServer.requests`: path, query, headers, page, status,
+whether the source answered it); :meth:`ReplayServer.unserved_pages` lists the recorded pages
+no request was answered with (after a run: the pages that never reached the pipeline).
 An exception while answering (a bug, an odd recording) is answered with HTTP 500 and
 ``{"error": "replay server: <exception>"}`` instead of dropping the connection.
 
@@ -74,9 +77,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import parse_qsl, urlsplit
 
+from functions.common.errors import ValidationError
 from functions.extract.api_errors import error_from_bytes
 from local_mode import synthetic
 
@@ -163,6 +167,7 @@ class RecordedRequest:
     headers: dict[str, str]  # lower-case names
     page: int | None
     status: int | None
+    from_source: bool = False  # answered by the source (not a script, a 429 or a 500 of ours)
 
 
 class MarketSource:
@@ -225,21 +230,49 @@ def _recorded_reply(body: bytes) -> Reply:
 
 
 class DirectorySource(MarketSource):
-    """Recorded bodies: ``markets-page-NNNN.json`` per page number, optional ``global.json``."""
+    """Recorded bodies: ``markets-page-NNNN.json`` per page number, optional ``global.json``.
+
+    Every body is read here, at construction: a missing directory, a page or ``global.json``
+    entry that is not a readable regular file (a directory, a broken link, no permission), or
+    two files for one page number (``markets-page-1.json`` beside ``-0001.json``) raise
+    ValidationError naming ``field`` and the file, instead of being skipped silently.
+    """
 
     kind = "recorded"
 
-    def __init__(self, directory: str | Path) -> None:
+    def __init__(self, directory: str | Path, *, field: str = "replay directory") -> None:
         self.directory = Path(directory)
         if not self.directory.is_dir():
-            raise FileNotFoundError(f"replay directory {self.directory} does not exist")
+            what = "is not a directory" if self.directory.exists() else "does not exist"
+            raise ValidationError(field, f"{self.directory} {what}")
         self.pages: dict[int, bytes] = {}
-        for path in sorted(self.directory.iterdir()):
+        names: dict[int, str] = {}
+        try:
+            entries = sorted(self.directory.iterdir())
+        except OSError as exc:
+            raise ValidationError(field, f"cannot list {self.directory}: {exc.strerror}") from exc
+        for path in entries:
             match = PAGE_FILE_RE.fullmatch(path.name)
-            if match and path.is_file():
-                self.pages[int(match.group(1))] = path.read_bytes()
+            if not match:
+                continue
+            page = int(match.group(1))
+            if page in names:
+                raise ValidationError(
+                    field, f"{names[page]} and {path.name} in {self.directory} are both page {page}"
+                )
+            names[page] = path.name
+            self.pages[page] = _read_recording(path, field)
         global_path = self.directory / "global.json"
-        self.global_body = global_path.read_bytes() if global_path.is_file() else None
+        self.global_body = (
+            _read_recording(global_path, field)
+            if global_path.exists() or global_path.is_symlink()
+            else None
+        )
+
+    @property
+    def recorded_pages(self) -> list[int]:
+        """The page numbers that have a file, ascending."""
+        return sorted(self.pages)
 
     def markets(self, query: Mapping[str, str], page: int, per_page: int) -> Reply:
         body = self.pages.get(page)
@@ -283,6 +316,17 @@ class DirectorySource(MarketSource):
                 "updated_at": int(max(stamps)) if stamps else 0,
             }
         }
+
+
+def _read_recording(path: Path, field: str) -> bytes:
+    """The bytes of a recorded body; ValidationError when it is not a readable regular file."""
+    if not path.is_file():
+        what = "a broken link" if path.is_symlink() and not path.exists() else "not a regular file"
+        raise ValidationError(field, f"{path} is {what}")
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ValidationError(field, f"cannot read {path}: {exc.strerror or exc}") from exc
 
 
 class _RateLimiter:
@@ -332,8 +376,9 @@ class _Handler(BaseHTTPRequestHandler):
         endpoint = parts.path[len(API_PREFIX) :] if parts.path.startswith(API_PREFIX) else ""
         endpoint = endpoint.rstrip("/") or endpoint
         page = _int_param(query, "page", 1) if endpoint == "/coins/markets" else None
+        from_source = False
         try:
-            reply = replay._respond(endpoint, query, page)
+            reply, from_source = replay._respond(endpoint, query, page)
         except Exception as exc:  # a bug or a bad recording: answer, do not drop the connection
             reply = Reply(
                 500, _json_bytes({"error": f"replay server: {type(exc).__name__}: {exc}"})
@@ -348,6 +393,7 @@ class _Handler(BaseHTTPRequestHandler):
                 headers={k.lower(): v for k, v in self.headers.items()},
                 page=page,
                 status=None if isinstance(reply, Scripted) else reply.status,
+                from_source=from_source,
             )
         )
         if isinstance(reply, Scripted):  # close the connection without answering
@@ -500,6 +546,27 @@ class ReplayServer:
         endpoint = "/" + endpoint.strip("/")
         return [r for r in self.requests if r.endpoint == endpoint]
 
+    def served_pages(self) -> list[int]:
+        """The ``/coins/markets`` page numbers the source answered so far, ascending."""
+        return sorted(
+            {
+                max(r.page, 1)  # page 0 or below is served as page 1
+                for r in self.requests_to("/coins/markets")
+                if r.page is not None and r.from_source
+            }
+        )
+
+    def unserved_pages(self) -> list[int]:
+        """Recorded pages (a directory source's files) that no request has been answered with.
+
+        Empty for the synthetic source. After a run, a page listed here never reached the
+        pipeline: a gap in the recording (pages 1 and 3: page 2 is ``[]`` and ends the paging)
+        or paging that stopped earlier (``max_coins``, a per-page size that does not match).
+        """
+        recorded = getattr(self.source, "recorded_pages", [])
+        served = set(self.served_pages())
+        return [page for page in recorded if page not in served]
+
     def clear_requests(self) -> None:
         with self._lock:
             self._requests.clear()
@@ -520,13 +587,14 @@ class ReplayServer:
 
     def _respond(
         self, endpoint: str, query: Mapping[str, str], page: int | None
-    ) -> Reply | Scripted:
+    ) -> tuple[Reply | Scripted, bool]:
+        """The reply, and whether the source gave it (False: scripted or rate-limited)."""
         scripted = self._pop_script(endpoint, page)
         if scripted is not None:
             if scripted.delay > 0:
                 self._stopping.wait(scripted.delay)
             if scripted.close:
-                return scripted
+                return scripted, False
             if scripted.status is not None:
                 body = scripted.body
                 if body is None:
@@ -537,13 +605,14 @@ class ReplayServer:
                     data = body.encode()
                 else:
                     data = _json_bytes(body)
-                return Reply(scripted.status, data, dict(scripted.headers))
+                return Reply(scripted.status, data, dict(scripted.headers)), False
         with self._lock:
             limiter = self._limiter
             retry_after = limiter.check() if limiter is not None else None
         if retry_after is not None:
-            return Reply(429, _json_bytes(RATE_LIMIT_BODY), {"Retry-After": str(retry_after)})
-        return self._serve(endpoint, query, page)
+            reply = Reply(429, _json_bytes(RATE_LIMIT_BODY), {"Retry-After": str(retry_after)})
+            return reply, False
+        return self._serve(endpoint, query, page), True
 
     def _serve(self, endpoint: str, query: Mapping[str, str], page: int | None) -> Reply:
         if endpoint == "/ping":
@@ -570,32 +639,101 @@ def serving(source: MarketSource, **kwargs: Any) -> Iterator[ReplayServer]:
         yield server
 
 
+MAX_SYNTHETIC_COINS = 100_000  # as ``crypto-etl run --coins``
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """Bad arguments: one line on stderr and exit 2 (argparse adds the usage block)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _int_in(low: int, high: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} is not in {low}-{high}")
+        return value
+
+    return parse
+
+
+def parse_rate_limit(text: str) -> tuple[int, float]:
+    """``"N/SECONDS"`` (or ``"N"``: per 60 s) -> ``(N, SECONDS)``; N >= 1, SECONDS > 0.
+
+    Raises ``argparse.ArgumentTypeError`` naming what is wrong.
+    """
+    limit_text, slash, window_text = text.partition("/")
+    try:
+        limit = int(limit_text)
+        window = float(window_text) if slash else 60.0
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not N/SECONDS (e.g. 30/60: 30 requests per 60 seconds)"
+        ) from None
+    if limit < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: N must be at least 1 request")
+    if not math.isfinite(window) or window <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: SECONDS must be a number > 0")
+    return limit, window
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``python -m local_mode.replay_server --coins N | --replay DIR [--port P]``."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    """``python -m local_mode.replay_server --coins N | --replay DIR [--port P] [--rate-limit]``.
+
+    Bad arguments (a missing ``--replay`` folder or an unreadable file in it, ``--coins`` below
+    1, ``--port`` outside 0-65535 or already taken, a malformed ``--rate-limit``) print one
+    line on stderr and exit with status 2 (SystemExit). Ctrl-C stops the server: 0.
+    """
+    parser = _OneLineParser(
+        prog="python -m local_mode.replay_server", description=__doc__.splitlines()[0]
+    )
     group = parser.add_mutually_exclusive_group()
-    group.add_argument("--coins", type=int, default=1000, help="synthetic market size")
-    group.add_argument("--replay", type=Path, help="directory of recorded bodies")
+    group.add_argument(
+        "--coins",
+        type=_int_in(1, MAX_SYNTHETIC_COINS),
+        default=1000,
+        help=f"synthetic market size, 1-{MAX_SYNTHETIC_COINS} (default 1000)",
+    )
+    group.add_argument("--replay", type=Path, metavar="DIR", help="directory of recorded bodies")
     parser.add_argument("--seed", type=int, default=synthetic.DEFAULT_SEED)
-    parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
     parser.add_argument(
-        "--rate-limit", metavar="N/SECONDS", help="e.g. 30/60: 30 requests per 60 s, then 429"
+        "--port", type=_int_in(0, 65535), default=0, help="0-65535; 0 (default) picks a free port"
+    )
+    parser.add_argument(
+        "--rate-limit",
+        type=parse_rate_limit,
+        metavar="N/SECONDS",
+        help="e.g. 30/60: 30 requests per 60 s, then 429",
     )
     args = parser.parse_args(argv)
-    source: MarketSource = (
-        DirectorySource(args.replay) if args.replay else SyntheticSource(args.coins, args.seed)
-    )
+    try:
+        source: MarketSource = (
+            DirectorySource(args.replay, field="--replay")
+            if args.replay
+            else SyntheticSource(args.coins, args.seed)
+        )
+    except ValidationError as exc:
+        parser.error(str(exc))
     server = ReplayServer(source, port=args.port)
     if args.rate_limit:
-        limit, _, window = args.rate_limit.partition("/")
-        server.rate_limit(int(limit), float(window or 60))
-    with server:
+        server.rate_limit(*args.rate_limit)
+    try:
+        server.start()
+    except OSError as exc:
+        parser.error(f"cannot listen on 127.0.0.1:{args.port}: {exc.strerror or exc}")
+    try:
         print(f"CoinGecko replay ({source.kind}) at {server.base_url}  (Ctrl-C stops)", flush=True)
-        try:
-            while True:
-                time.sleep(3600)
-        except KeyboardInterrupt:
-            pass
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
     return 0
 
 

@@ -2,7 +2,13 @@
 
 The state-machine definition runs under moto's Step Functions interpreter, with the three Lambda
 handlers dispatched in-process, a folder as the lake (``<local dir>/lake``) and a fakesnow server
-(``<local dir>/warehouse``) as Snowflake.
+(``<local dir>/warehouse``) as Snowflake. CoinGecko is the live API unless ``--offline`` (a
+synthetic market) or ``--replay DIR`` (recorded bodies) serve it from a local replay server.
+
+Every argument, path and setting is checked before any service starts (:func:`prepare`), so a
+bad one costs nothing and prints one line (exit 2). Progress goes to the output stream (to
+stderr with ``--json``, whose one JSON object is then the only thing on stdout); the handlers'
+JSON logs (``-v``) always go to stderr.
 """
 
 from __future__ import annotations
@@ -11,30 +17,52 @@ import argparse
 import json
 import logging
 import os
+import shlex
 import sys
+import tempfile
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-from functions.common.errors import ValidationError
+from functions.common.errors import ConfigError, ValidationError
 from functions.common.keys import validate_snapshot_id
 
-DEFAULT_LOCAL_DIR = Path(os.environ.get("CRYPTO_ETL_LOCAL_DIR", ".local"))
+if TYPE_CHECKING:
+    from local_mode.replay_server import DirectorySource
+    from state_machine.local_runner import StateEvent
+
+BUILTIN_LOCAL_DIR = Path(".local")
 LOCAL_BUCKET = "crypto-etl-local"
 DEFAULT_OFFLINE_COINS = 1000
+MAX_COINS = 100_000
+TASK_STATES = ("Extract", "Transform", "Load")
+LOGGERS = ("extract", "transform", "load")
+
+
+def default_local_dir(env: Mapping[str, str] = os.environ) -> Path:
+    """``CRYPTO_ETL_LOCAL_DIR``, or ``.local`` when it is unset or empty (blank = unset)."""
+    value = env.get("CRYPTO_ETL_LOCAL_DIR", "")
+    return Path(value) if value.strip() else BUILTIN_LOCAL_DIR
+
+
+DEFAULT_LOCAL_DIR = default_local_dir()
 
 
 @dataclass
 class RunOptions:
-    """Everything ``crypto-etl run`` needs; the CLI flags map one to one."""
+    """Everything ``crypto-etl run`` needs; the CLI flags map one to one.
+
+    ``coins`` is the synthetic market's size and only applies with ``offline`` (None: 1000).
+    ``extra_env`` overrides the environment the handlers see (e.g. ``COINGECKO_*``).
+    """
 
     local_dir: Path = DEFAULT_LOCAL_DIR
     offline: bool = False
-    coins: int = DEFAULT_OFFLINE_COINS
+    coins: int | None = None
     replay_dir: Path | None = None
     snapshot_id: str | None = None
     max_coins: int | None = None
@@ -46,6 +74,14 @@ class RunOptions:
 
 @dataclass
 class RunReport:
+    """The outcome of one execution.
+
+    ``state_durations`` holds seconds per task state (entered to exited or failed, from the
+    execution history). ``replay`` is set for ``--replay`` runs: ``recorded_pages``,
+    ``served_pages`` and ``unserved_pages`` (recorded pages no request was answered with: a gap
+    in the recording or paging that stopped earlier), page numbers ascending.
+    """
+
     status: str
     snapshot_id: str
     execution_arn: str
@@ -58,6 +94,21 @@ class RunReport:
     lake_dir: Path
     warehouse_dir: Path
     state_outputs: dict[str, dict[str, Any]]
+    local_dir: Path = DEFAULT_LOCAL_DIR
+    state_durations: dict[str, float] = field(default_factory=dict)
+    replay: dict[str, list[int]] | None = None
+
+
+@dataclass
+class Prepared:
+    """What :func:`prepare` checked and created, before any service starts."""
+
+    snapshot_id: str
+    lake_dir: Path
+    warehouse_dir: Path
+    replay_source: DirectorySource | None
+    execution_input: dict[str, Any]
+    log_level: int
 
 
 def _utc_stamp() -> str:
@@ -77,209 +128,373 @@ def _error_message(cause: str | None) -> str | None:
     return cause
 
 
-def replay_pages(replay_dir: Path) -> list[Path]:
-    """The recorded page files of a replay folder, refusing a folder that has none."""
-    if not replay_dir.is_dir():
-        raise ValidationError("--replay", f"{replay_dir} is not a directory")
-    pages = sorted(replay_dir.glob("markets-page-*.json"))
-    if not pages:
+def plural(count: object, singular: str, many: str | None = None) -> str:
+    """``"1 page"``, ``"2 pages"``, ``"0 retries"`` (``many``: an irregular plural); None is ?."""
+    if count is None:
+        return f"? {many or singular + 's'}"
+    return f"{count} {singular if count == 1 else (many or singular + 's')}"
+
+
+# -- checks before anything starts ------------------------------------------------------------
+
+
+def replay_source(replay_dir: Path) -> DirectorySource:
+    """The recorded bodies of a replay folder, all read now.
+
+    Raises ValidationError naming ``--replay`` for a folder that is missing, has no
+    ``markets-page-0001.json`` (``-0002.json``, …) file, or holds one that cannot be read.
+    """
+    from local_mode.replay_server import DirectorySource
+
+    source = DirectorySource(replay_dir, field="--replay")
+    if not source.pages:
         raise ValidationError(
             "--replay", f"{replay_dir} has no markets-page-0001.json (… -0002.json, …) files"
         )
-    return pages
+    return source
 
 
-def replay_per_page(replay_dir: Path) -> int | None:
-    """Rows per page of a recording: page 1's length when there is a page 2, else None.
+def replay_per_page(source: DirectorySource) -> int | None:
+    """Rows per page of a recording: page 1's length when a later page exists, else None.
 
     A recording made with per_page=100 has 100-row pages; asking for 250 a page would make
-    page 1 look short and end the paging there, silently dropping pages 2+.
+    page 1 look short and confuse the paging about where the market ends.
     """
-    pages = replay_pages(replay_dir)
-    if len(pages) < 2:
+    first = source.pages.get(1)
+    if first is None or len(source.pages) < 2:
         return None
     try:
-        first = json.loads(pages[0].read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
+        rows = json.loads(first)
+    except (ValueError, UnicodeDecodeError):
         return None
-    return len(first) if isinstance(first, list) and 0 < len(first) <= 250 else None
+    return len(rows) if isinstance(rows, list) and 0 < len(rows) <= 250 else None
 
 
-@contextmanager
-def _coingecko_source(opts: RunOptions, out: TextIO) -> Iterator[dict[str, str]]:
-    """Environment pointing the extract at a replay server (offline/replay) or the live API."""
-    if opts.replay_dir is not None or opts.offline:
-        from local_mode.replay_server import ReplayServer
+def _writable_dir(path: Path, flag: str) -> Path:
+    """Create ``path`` (and parents) and prove it writable with a temporary file."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
+            pass
+    except OSError as exc:
+        problem = exc.strerror or type(exc).__name__
+        where = exc.filename or path
+        raise ValidationError(
+            flag, f"{path} is not a writable directory ({where}: {problem})"
+        ) from None
+    return path.resolve()
 
-        if opts.replay_dir is not None:
-            server = ReplayServer.from_directory(opts.replay_dir)
-        else:
-            server = ReplayServer.synthetic(coins=opts.coins)
-        with server:
-            # Sealed from the user's shell: no real key goes to the replay server.
-            yield {
-                "COINGECKO_BASE_URL": server.base_url,
-                "COINGECKO_API_PLAN": "public",
-                "COINGECKO_API_KEY": "",
-                "COINGECKO_API_KEY_SECRET_ARN": "",
-            }
-    else:
-        env: dict[str, str] = {}
-        if os.environ.get("COINGECKO_API_KEY_SECRET_ARN"):
-            # Local mode runs under moto: a real secret ARN cannot be read here.
-            print(
-                "note: COINGECKO_API_KEY_SECRET_ARN is ignored locally; set COINGECKO_API_KEY",
-                file=out,
+
+def check_local_dir(local_dir: Path) -> tuple[Path, Path]:
+    """``(lake dir, warehouse dir)`` under ``local_dir``, created and proven writable.
+
+    Raises ValidationError naming ``--local-dir`` when it is not a directory, or it or its
+    ``lake``/``warehouse`` folders cannot be created or written.
+    """
+    flag = "--local-dir"
+    if local_dir.exists() and not local_dir.is_dir():
+        raise ValidationError(flag, f"{local_dir} exists and is not a directory")
+    return _writable_dir(local_dir / "lake", flag), _writable_dir(local_dir / "warehouse", flag)
+
+
+def check_request_timeout(env: Mapping[str, str]) -> float:
+    """``COINGECKO_TIMEOUT_SECONDS`` from ``env``, refused (ConfigError) when it cannot fit.
+
+    It must not exceed the extract function's timeout (state_machine.local_runner's
+    FUNCTION_TIMEOUTS, equal to the CDK app's) minus the extract's DEADLINE_MARGIN_SECONDS.
+    """
+    from functions.common.config import env_float
+    from functions.extract.config import check_timeout_fits
+    from functions.extract.handler import DEADLINE_MARGIN_SECONDS
+    from state_machine.local_runner import FUNCTION_TIMEOUTS
+
+    timeout = env_float(env, "COINGECKO_TIMEOUT_SECONDS", 30.0, minimum=0.001)
+    check_timeout_fits(
+        timeout,
+        FUNCTION_TIMEOUTS["extract"],
+        DEADLINE_MARGIN_SECONDS,
+        "the extract function's timeout",
+    )
+    return timeout
+
+
+def handler_log_level(env: Mapping[str, str]) -> int:
+    """The handlers' log level: ``POWERTOOLS_LOG_LEVEL`` (or ``LOG_LEVEL``), default INFO.
+
+    Raises ConfigError for a name that is not a logging level.
+    """
+    name = "POWERTOOLS_LOG_LEVEL" if env.get("POWERTOOLS_LOG_LEVEL") else "LOG_LEVEL"
+    value = (env.get(name) or "INFO").strip().upper()
+    level = logging.getLevelNamesMapping().get(value)
+    if level is None:
+        raise ConfigError(name, f"{value!r} is not one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
+    return level
+
+
+def prepare(opts: RunOptions) -> Prepared:
+    """Check every option, path and setting, and create the local folders; start nothing.
+
+    Raises ValidationError (a flag: ``--snapshot-id``, ``--vs-currency``, ``--coins``,
+    ``--replay``, ``--local-dir``) or ConfigError (an environment variable), each naming it.
+    """
+    from functions.extract.config import check_vs_currency
+
+    snapshot_id = validate_snapshot_id(
+        opts.snapshot_id if opts.snapshot_id is not None else f"local-{_utc_stamp()}",
+        field="--snapshot-id",
+    )
+    vs_currency = (
+        None if opts.vs_currency is None else check_vs_currency(opts.vs_currency, "--vs-currency")
+    )
+    if opts.coins is not None:
+        if not opts.offline:
+            other = (
+                "--replay (the recording sets the market)" if opts.replay_dir else "the live API"
             )
-            env["COINGECKO_API_KEY_SECRET_ARN"] = ""
-        yield env
+            raise ValidationError(
+                "--coins",
+                f"sets the synthetic market's size and needs --offline; it would be ignored with"
+                f" {other}: use --max-coins to fetch fewer coins",
+            )
+        if not 1 <= opts.coins <= MAX_COINS:
+            raise ValidationError("--coins", f"{opts.coins} is not in 1-{MAX_COINS}")
+    if opts.offline and vs_currency is not None:
+        from local_mode.synthetic import FX_RATES
 
+        if vs_currency not in FX_RATES:  # the replay server would answer 400 mid-run
+            raise ValidationError(
+                "--vs-currency",
+                f"{vs_currency!r}: the synthetic market (--offline) is quoted in"
+                f" {', '.join(sorted(FX_RATES))}",
+            )
+    source = replay_source(opts.replay_dir) if opts.replay_dir is not None else None
+    env = {**os.environ, **opts.extra_env}
+    log_level = handler_log_level(env)  # first: the handlers' loggers read it at import
+    check_request_timeout(env)
+    lake_dir, warehouse_dir = check_local_dir(opts.local_dir)
 
-def execution_input(opts: RunOptions, snapshot_id: str) -> dict[str, Any]:
-    """The execution input the state machine receives (only what the user set, plus the id)."""
     data: dict[str, Any] = {"snapshot_id": snapshot_id}
     if opts.max_coins is not None:
         data["max_coins"] = opts.max_coins
-    elif opts.offline and opts.replay_dir is None:
-        data["max_coins"] = opts.coins
-    if opts.vs_currency is not None:
-        data["vs_currency"] = opts.vs_currency
+    elif opts.offline:
+        data["max_coins"] = opts.coins if opts.coins is not None else DEFAULT_OFFLINE_COINS
+    if vs_currency is not None:
+        data["vs_currency"] = vs_currency
     if opts.per_page is not None:
         data["per_page"] = opts.per_page
-    elif opts.replay_dir is not None:
-        per_page = replay_per_page(opts.replay_dir)
-        if per_page is not None:
-            data["per_page"] = per_page
-    return data
+    elif source is not None and (per_page := replay_per_page(source)) is not None:
+        data["per_page"] = per_page
+    return Prepared(snapshot_id, lake_dir, warehouse_dir, source, data, log_level)
 
 
-def _seconds_between(start: Any, end: Any) -> str:
-    if start is None or end is None:
-        return ""
-    return f"{(end - start).total_seconds():.1f}s"
+# -- progress ---------------------------------------------------------------------------------
 
 
-class _Announcer:
-    """Prints "▶ State …" once, whether the execution history or a handler's log says first."""
+class _Progress:
+    """Progress lines in execution order, each flushed at once (also when piped).
 
-    def __init__(self, out: TextIO) -> None:
-        self.out = out
-        self._done: set[str] = set()
-        self._lock = threading.Lock()
+    Lines come from the execution history (polled by the runner) and from the handlers' logs
+    (in moto's execution thread); ``catch_up`` reports the history first, so a handler's line
+    never comes before the previous state's "✓".
+    """
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.catch_up: Callable[[], None] = lambda: None
+        self.durations: dict[str, float] = {}
+        self._entered_at: dict[str, datetime] = {}
+        self._announced: set[str] = set()
+        self._lock = threading.RLock()
+
+    def line(self, text: str) -> None:
+        with self._lock:
+            print(text, file=self.stream, flush=True)
 
     def enter(self, state: str) -> None:
         with self._lock:
-            if state in self._done:
+            if state not in self._announced:
+                self._announced.add(state)
+                self.line(f"▶ {state} …")
+
+    def _took(self, state: str, when: datetime | None) -> str:
+        start = self._entered_at.get(state)
+        if start is None or when is None:
+            return ""
+        seconds = (when - start).total_seconds()
+        self.durations[state] = round(seconds, 3)
+        return f"{seconds:.1f}s"
+
+    def on_event(self, ev: StateEvent) -> None:
+        with self._lock:
+            if ev.state not in TASK_STATES:
+                if ev.kind == "entered" and ev.state == "Notify failure":
+                    self.line("  → publishing failure alert to the SNS topic")
                 return
-            self._done.add(state)
-        print(f"▶ {state} …", file=self.out, flush=True)
+            if ev.kind == "entered":
+                if ev.timestamp is not None:
+                    self._entered_at.setdefault(ev.state, ev.timestamp)
+                self.enter(ev.state)
+            elif ev.kind == "exited" and "error" not in ev.detail:
+                took = self._took(ev.state, ev.timestamp)
+                self.line(f"✓ {ev.state} {took}  {_state_summary(ev.state, ev.detail)}")
+            elif ev.kind == "failed":
+                self._took(ev.state, ev.timestamp)
+                msg = _error_message(ev.detail.get("cause")) or ""
+                self.line(f"✗ {ev.state}: {ev.detail.get('error')}: {msg}")
 
 
 class _ProgressLines(logging.Handler):
     """Prints the handlers' page progress and retry warnings as short lines."""
 
-    def __init__(self, out: TextIO, announcer: _Announcer) -> None:
+    def __init__(self, progress: _Progress) -> None:
         super().__init__(logging.INFO)
-        self.out = out
-        self.announcer = announcer
+        self.progress = progress
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.announcer.enter(record.name.capitalize())
         msg = record.getMessage()
         wait = getattr(record, "wait_seconds", None)
         if wait is not None:
-            line = (
-                f"    ↻ {getattr(record, 'problem', msg)}; retry {getattr(record, 'attempt', '?')}"
-            )
+            attempt = getattr(record, "attempt", None)
+            line = f"    ↻ {getattr(record, 'problem', msg)}; retry {attempt or '?'}"
             line += f" in {wait:.1f}s"
         elif record.name == "extract" and msg.startswith("page "):
             line = f"    {msg}"
         elif record.levelno >= logging.WARNING:
             line = f"    ! {record.name}: {msg}"
         else:
-            return
-        print(line, file=self.out, flush=True)
+            line = None
+        # Earlier states' lines first: the history may not have been polled yet. (Not under
+        # the progress lock: catch_up takes the runner's lock first, then that one.)
+        self.progress.catch_up()
+        with self.progress._lock:
+            self.progress.enter(record.name.capitalize())
+            if line is not None:
+                self.progress.line(line)
 
 
 @contextmanager
-def _handler_logs_as_progress(out: TextIO, verbose: bool, announcer: _Announcer) -> Iterator[None]:
-    """Show the handlers' progress as short lines; their JSON logs only with ``-v``."""
+def _handler_logs_as_progress(progress: _Progress, verbose: bool, level: int) -> Iterator[None]:
+    """Show the handlers' progress as short lines; their JSON logs only with ``-v``, on stderr.
+
+    ``level`` is the user's log level for those JSON logs (the loggers themselves stay at INFO
+    or lower, so the progress lines keep coming).
+    """
     import functions.extract.handler
     import functions.load.handler
     import functions.transform.handler  # noqa: F401 - creates the loggers
 
-    loggers = [logging.getLogger(name) for name in ("extract", "transform", "load")]
-    saved = [[(h, h.level) for h in lg.handlers] for lg in loggers]
-    progress = _ProgressLines(out, announcer)
+    loggers = [logging.getLogger(name) for name in LOGGERS]
+    saved = [[(h, h.level, getattr(h, "stream", None)) for h in lg.handlers] for lg in loggers]
+    lines = _ProgressLines(progress)
     for lg in loggers:
-        if not verbose:
-            for h in lg.handlers:
-                h.setLevel(logging.CRITICAL + 1)
-        lg.addHandler(progress)
+        for h in lg.handlers:
+            h.setLevel(level if verbose else logging.CRITICAL + 1)
+            if isinstance(h, logging.StreamHandler):
+                h.setStream(sys.stderr)  # Powertools writes to the stdout of import time
+        lg.addHandler(lines)
     try:
         yield
     finally:
         for lg, handlers in zip(loggers, saved, strict=True):
-            lg.removeHandler(progress)
-            for h, level in handlers:
-                h.setLevel(level)
+            lg.removeHandler(lines)
+            for h, level_was, stream in handlers:
+                h.setLevel(level_was)
+                if isinstance(h, logging.StreamHandler) and stream is not None:
+                    h.setStream(stream)
+
+
+@contextmanager
+def _coingecko_source(
+    opts: RunOptions, prepared: Prepared, progress: _Progress
+) -> Iterator[tuple[dict[str, str], Any]]:
+    """``(environment, replay server or None)``: a local replay server, or the live API."""
+    if prepared.replay_source is not None or opts.offline:
+        from local_mode.replay_server import ReplayServer, SyntheticSource
+
+        source = prepared.replay_source or SyntheticSource(
+            opts.coins if opts.coins is not None else DEFAULT_OFFLINE_COINS
+        )
+        with ReplayServer(source) as server:
+            what = "recorded bodies" if prepared.replay_source else "synthetic market"
+            progress.line(f"CoinGecko: local replay server ({what}) at {server.base_url}")
+            # Sealed from the user's shell: no real key goes to the replay server.
+            yield (
+                {
+                    "COINGECKO_BASE_URL": server.base_url,
+                    "COINGECKO_API_PLAN": "public",
+                    "COINGECKO_API_KEY": "",
+                    "COINGECKO_API_KEY_SECRET_ARN": "",
+                },
+                server,
+            )
+    else:
+        from functions.extract.config import PRO_BASE_URL, PUBLIC_BASE_URL
+
+        env: dict[str, str] = {}
+        merged = {**os.environ, **opts.extra_env}
+        if merged.get("COINGECKO_API_KEY_SECRET_ARN"):
+            # Local mode runs under moto: a real secret ARN cannot be read here.
+            progress.line(
+                "note: COINGECKO_API_KEY_SECRET_ARN is ignored locally; set COINGECKO_API_KEY"
+            )
+            env["COINGECKO_API_KEY_SECRET_ARN"] = ""
+        plan = merged.get("COINGECKO_API_PLAN", "").strip().lower()
+        url = merged.get("COINGECKO_BASE_URL", "").strip() or (
+            PRO_BASE_URL if plan == "pro" else PUBLIC_BASE_URL
+        )
+        progress.line(f"CoinGecko: live API at {url} (--offline or --replay DIR to stay local)")
+        yield env, None
+
+
+# -- the run ------------------------------------------------------------------------------------
 
 
 def run_pipeline(opts: RunOptions, out: TextIO | None = None) -> RunReport:
-    """Start the local services, run one execution to the end, stop the services."""
-    from local_mode.warehouse import LocalWarehouse
-    from state_machine.local_runner import LocalStepFunctions, StateEvent
+    """Check everything, start the local services, run one execution to the end, stop them.
 
+    ``out`` receives the progress lines (default stdout). Raises ValidationError/ConfigError
+    (see :func:`prepare`) before anything starts; KeyboardInterrupt stops what was started.
+    """
     out = out or sys.stdout
-    snapshot_id = validate_snapshot_id(
-        opts.snapshot_id or f"local-{_utc_stamp()}", field="--snapshot-id"
-    )
-    if opts.replay_dir is not None:
-        replay_pages(opts.replay_dir)  # refuse a bad folder before starting anything
-    lake_dir = (opts.local_dir / "lake").resolve()
-    warehouse_dir = (opts.local_dir / "warehouse").resolve()
-    lake_dir.mkdir(parents=True, exist_ok=True)
-    warehouse_dir.mkdir(parents=True, exist_ok=True)
+    prepared = prepare(opts)
 
-    entered_at: dict[str, Any] = {}
-    announcer = _Announcer(out)
+    from local_mode.warehouse import LocalWarehouse
+    from state_machine.local_runner import LocalStepFunctions
 
-    def progress(ev: StateEvent) -> None:
-        if ev.state not in ("Extract", "Transform", "Load"):
-            if ev.kind == "entered" and ev.state == "Notify failure":
-                print("  → publishing failure alert to the SNS topic", file=out, flush=True)
-            return
-        if ev.kind == "entered":
-            entered_at[ev.state] = ev.timestamp
-            announcer.enter(ev.state)
-        elif ev.kind == "exited" and "error" not in ev.detail:
-            took = _seconds_between(entered_at.get(ev.state), ev.timestamp)
-            print(f"✓ {ev.state} {took}  {_state_summary(ev.state, ev.detail)}", file=out)
-        elif ev.kind == "failed":
-            msg = _error_message(ev.detail.get("cause")) or ""
-            print(f"✗ {ev.state}: {ev.detail.get('error')}: {msg}", file=out, flush=True)
-
+    progress = _Progress(out)
+    replay: dict[str, list[int]] | None = None
     with ExitStack() as stack:
-        source_env = stack.enter_context(_coingecko_source(opts, out))
-        stack.enter_context(_handler_logs_as_progress(out, opts.verbose, announcer))
-        print(f"Starting local warehouse (fakesnow) in {warehouse_dir}", file=out, flush=True)
-        warehouse = stack.enter_context(LocalWarehouse(warehouse_dir))
+        source_env, server = stack.enter_context(_coingecko_source(opts, prepared, progress))
+        stack.enter_context(_handler_logs_as_progress(progress, opts.verbose, prepared.log_level))
+        progress.line(f"Starting local warehouse (fakesnow) in {prepared.warehouse_dir}")
+        warehouse = stack.enter_context(LocalWarehouse(prepared.warehouse_dir))
         env = {
-            "LAKE_LOCAL_DIR": str(lake_dir),
+            "LAKE_LOCAL_DIR": str(prepared.lake_dir),
             "LAKE_BUCKET": LOCAL_BUCKET,
-            "POWERTOOLS_LOG_LEVEL": "INFO",
+            # DEBUG when asked for; otherwise INFO, which the progress lines need.
+            "POWERTOOLS_LOG_LEVEL": "DEBUG" if prepared.log_level <= logging.DEBUG else "INFO",
             **source_env,
             **warehouse.env(),
             **opts.extra_env,
         }
         sfn = stack.enter_context(LocalStepFunctions(env=env))
-        payload = execution_input(opts, snapshot_id)
-        print(f"Execution input: {json.dumps(payload)}", file=out, flush=True)
-        result = sfn.execute(payload, name=f"{snapshot_id}-{_utc_stamp()}", on_event=progress)
+        progress.catch_up = sfn.catch_up
+        payload = prepared.execution_input
+        progress.line(f"Execution input: {json.dumps(payload)}")
+        result = sfn.execute(
+            payload, name=f"{prepared.snapshot_id}-{_utc_stamp()}", on_event=progress.on_event
+        )
+        progress.catch_up = lambda: None
+        if prepared.replay_source is not None and server is not None:
+            replay = {
+                "recorded_pages": prepared.replay_source.recorded_pages,
+                "served_pages": server.served_pages(),
+                "unserved_pages": server.unserved_pages(),
+            }
 
     return RunReport(
         status=result.status,
-        snapshot_id=snapshot_id,
+        snapshot_id=prepared.snapshot_id,
         execution_arn=result.execution_arn,
         duration_s=result.duration_s,
         output=result.output,
@@ -287,29 +502,59 @@ def run_pipeline(opts: RunOptions, out: TextIO | None = None) -> RunReport:
         error=result.error,
         error_message=_error_message(result.cause),
         alerts=result.alerts,
-        lake_dir=lake_dir,
-        warehouse_dir=warehouse_dir,
+        lake_dir=prepared.lake_dir,
+        warehouse_dir=prepared.warehouse_dir,
         state_outputs=result.state_outputs,
+        local_dir=opts.local_dir,
+        state_durations=dict(progress.durations),
+        replay=replay,
     )
+
+
+# -- output ---------------------------------------------------------------------------------------
+
+
+def _table_after(o: Mapping[str, Any]) -> str:
+    """What the table holds for the snapshot after the load, e.g. "300 rows for the snapshot
+    (replacing 600)"; ``row_count`` is the Transform's, ``rows_replaced`` the Load's."""
+    text = f"{plural(o.get('row_count'), 'row')} for the snapshot"
+    replaced = o.get("rows_replaced")
+    if replaced:
+        new = o.get("rows_inserted")
+        text += f" (replacing {replaced}; {plural(new, 'coin')} new to it)"
+    elif replaced == 0:
+        text += " (new)"
+    return text
 
 
 def _state_summary(state: str, out: Mapping[str, Any]) -> str:
     if state == "Extract":
         return (
-            f"{out.get('coin_count')} coins, {out.get('pages')} pages, "
-            f"{out.get('api_calls')} API calls, {out.get('retries')} retries"
+            f"{plural(out.get('coin_count'), 'coin')}, {plural(out.get('pages'), 'page')}, "
+            f"{plural(out.get('api_calls'), 'API call')}, "
+            f"{plural(out.get('retries'), 'retry', 'retries')}"
         )
     if state == "Transform":
         return (
-            f"{out.get('row_count')} rows, {out.get('rejected_count')} rejected, "
-            f"{out.get('duplicate_count')} duplicates"
+            f"{plural(out.get('row_count'), 'row')}, {out.get('rejected_count')} rejected, "
+            f"{plural(out.get('duplicate_count'), 'duplicate')}"
         )
     if state == "Load":
-        return (
-            f"{out.get('rows_inserted')} rows inserted, {out.get('rows_replaced')} replaced "
-            f"into {out.get('table')}"
-        )
+        return f"{_table_after(out)} in {out.get('table')}"
     return ""
+
+
+def _replay_line(replay: Mapping[str, list[int]]) -> str:
+    recorded, unserved = replay["recorded_pages"], replay["unserved_pages"]
+    if not unserved:
+        return f"{plural(len(recorded), 'recorded page')}, all served"
+    pages = ", ".join(str(p) for p in unserved)
+    return (
+        f"! {len(unserved)} of {plural(len(recorded), 'recorded page')} not served"
+        f" (page{'s' if len(unserved) != 1 else ''} {pages}): paging never reached"
+        f" {'them' if len(unserved) != 1 else 'it'} (a gap in the recording, --max-coins or"
+        " --per-page); those coins are not in this snapshot"
+    )
 
 
 def _print_data_notes(o: Mapping[str, Any], out: TextIO) -> None:
@@ -339,6 +584,12 @@ def _print_data_notes(o: Mapping[str, Any], out: TextIO) -> None:
         print(f"  quality       ! failed: {describe_failed_checks(failed)}", file=out)
 
 
+def query_hint(local_dir: Path) -> str:
+    """The command that queries this run's warehouse (keeping a non-default ``--local-dir``)."""
+    flag = "" if local_dir == BUILTIN_LOCAL_DIR else f"--local-dir {shlex.quote(str(local_dir))} "
+    return f'crypto-etl {flag}sql "SELECT COUNT(*) FROM CRYPTO_DATA"'
+
+
 def print_summary(report: RunReport, out: TextIO) -> None:
     """The end-of-run summary: status, counts, duration and where everything is."""
     print("", file=out)
@@ -348,14 +599,14 @@ def print_summary(report: RunReport, out: TextIO) -> None:
     o = report.output or {}
     if report.status == "SUCCEEDED":
         print(
-            f"  coins fetched {o.get('coin_count')} ({o.get('pages')} pages, "
-            f"{o.get('api_calls')} API calls, {o.get('retries')} retries)",
+            f"  coins fetched {o.get('coin_count')} ({plural(o.get('pages'), 'page')}, "
+            f"{plural(o.get('api_calls'), 'API call')}, "
+            f"{plural(o.get('retries'), 'retry', 'retries')})",
             file=out,
         )
         print(
-            f"  rows          {o.get('rows_inserted')} inserted, {o.get('rows_replaced')} "
-            f"replaced, {o.get('rejected_count')} rejected, "
-            f"{o.get('duplicate_count')} duplicates",
+            f"  rows          {_table_after(o)}; {o.get('rejected_count')} rejected, "
+            f"{plural(o.get('duplicate_count'), 'duplicate')}",
             file=out,
         )
         _print_data_notes(o, out)
@@ -370,11 +621,72 @@ def print_summary(report: RunReport, out: TextIO) -> None:
         print(f"  alerts sent   {len(report.alerts)} (SNS topic crypto-etl-alerts)", file=out)
         if "UNKNOWN" in (report.error_message or ""):
             print("  warehouse     outcome unknown: check ETL_RUNS (a re-run is safe)", file=out)
-        elif report.failed_state in ("Extract", "Transform", "Load"):
+        elif report.failed_state in TASK_STATES:
             print("  warehouse     unchanged (the load is all-or-nothing)", file=out)
+    if report.replay is not None:
+        print(f"  replay        {_replay_line(report.replay)}", file=out)
     print(f"  lake          {report.lake_dir}", file=out)
     print(f"  warehouse     {report.warehouse_dir}", file=out)
-    print('  query it      crypto-etl sql "SELECT COUNT(*) FROM CRYPTO_DATA"', file=out)
+    print(f"  query it      {query_hint(report.local_dir)}", file=out)
+    out.flush()
+
+
+def summary_json(report: RunReport) -> dict[str, Any]:
+    """The ``--json`` summary (one object; see the README's ``crypto-etl run --json``).
+
+    Counts are None when the execution failed before the state that produces them; durations
+    are seconds; paths are absolute.
+    """
+    o = dict(report.output or {})
+    if not report.output:  # failed: what the states that finished reported (each adds to the last)
+        for state in TASK_STATES:
+            o.update(report.state_outputs.get(state) or {})
+    quality = o.get("quality") or {}
+    return {
+        "status": report.status,
+        "snapshot_id": report.snapshot_id,
+        "execution": report.execution_arn,
+        "duration_seconds": round(report.duration_s, 3),
+        "state_durations_seconds": report.state_durations,
+        "counts": {
+            "coins_fetched": o.get("coin_count"),
+            "pages": o.get("pages"),
+            "api_calls": o.get("api_calls"),
+            "retries": o.get("retries"),
+            "rows": o.get("row_count"),
+            "rows_inserted": o.get("rows_inserted"),
+            "rows_replaced": o.get("rows_replaced"),
+            "rejected": o.get("rejected_count"),
+            "duplicates": o.get("duplicate_count"),
+        },
+        "failed_state": report.failed_state,
+        "error": report.error,
+        "error_message": report.error_message,
+        "alerts_sent": len(report.alerts),
+        "paging": {
+            "stop_reason": o.get("stop_reason"),
+            "end_confirmed": o.get("end_confirmed"),
+            "warning": o.get("paging_warning"),
+        },
+        "dominance": {
+            "basis": quality.get("dominance_basis"),
+            "reason": quality.get("dominance_basis_reason") or o.get("global_error"),
+        },
+        "quality": {
+            "rejected_by_reason": quality.get("rejected_by_reason") or {},
+            "failed_checks": quality.get("failed_checks") or [],
+        },
+        "replay": report.replay,
+        "table": o.get("table"),
+        "lake": str(report.lake_dir),
+        "warehouse": str(report.warehouse_dir),
+        "raw_prefix": o.get("raw_prefix"),
+        "processed_key": o.get("processed_key"),
+        "rejected_key": o.get("rejected_key"),
+    }
+
+
+# -- the command ----------------------------------------------------------------------------------
 
 
 def int_range(low: int, high: int) -> Callable[[str], int]:
@@ -392,9 +704,36 @@ def int_range(low: int, high: int) -> Callable[[str], int]:
     return parse
 
 
+RUN_DESCRIPTION = """\
+Run the pipeline once, end to end, on this machine: the real state machine under moto, the
+lake in <local dir>/lake, a fakesnow warehouse in <local dir>/warehouse.
+
+CoinGecko: without --offline or --replay, run calls the LIVE CoinGecko API
+(https://api.coingecko.com/api/v3, or COINGECKO_BASE_URL; COINGECKO_API_KEY for a key).
+--offline serves a synthetic market and --replay DIR recorded bodies from a local server.
+
+Environment: COINGECKO_* (see the README), POWERTOOLS_LOG_LEVEL (-v logs; DEBUG honoured),
+CRYPTO_ETL_LOCAL_DIR (the default of crypto-etl --local-dir DIR run; empty = unset).
+"""
+
+RUN_EXIT_CODES = """\
+exit codes:
+  0    the execution succeeded
+  1    the execution failed (the failing state, its error and the alert are printed)
+  2    bad arguments, paths or configuration: one line on stderr, nothing was started
+  130  interrupted (Ctrl-C); the local services were stopped
+"""
+
+
 def register(sub: Any) -> None:
     """Add ``run`` to the CLI's sub-parsers."""
-    run = sub.add_parser("run", help="run the pipeline once, end to end")
+    run = sub.add_parser(
+        "run",
+        help="run the pipeline once, end to end (live CoinGecko API unless --offline/--replay)",
+        description=RUN_DESCRIPTION,
+        epilog=RUN_EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     src = run.add_mutually_exclusive_group()
     src.add_argument(
         "--offline",
@@ -409,28 +748,38 @@ def register(sub: Any) -> None:
     )
     run.add_argument(
         "--coins",
-        type=int_range(1, 100_000),
-        default=DEFAULT_OFFLINE_COINS,
-        help="with --offline: coins in the synthetic market (default 1000)",
+        type=int_range(1, MAX_COINS),
+        default=None,
+        help=f"with --offline only: the synthetic market's size (default {DEFAULT_OFFLINE_COINS})",
     )
     run.add_argument("--snapshot-id", help="snapshot id (default: local-<UTC timestamp>)")
     run.add_argument(
         "--max-coins",
-        type=int_range(1, 100_000),
+        type=int_range(1, MAX_COINS),
         help="stop after this many coins (default 1000; offline: --coins)",
     )
-    run.add_argument("--vs-currency", help="quote currency (default usd)")
+    run.add_argument("--vs-currency", help="quote currency, 1-16 of a-z 0-9 _ - (default usd)")
     run.add_argument(
         "--per-page",
         type=int_range(1, 250),
         help="page size, 1-250 (default 250; --replay: the recording's page size)",
     )
-    run.add_argument("-v", "--verbose", action="store_true", help="show the handlers' JSON logs")
+    run.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON summary object on stdout (progress goes to stderr)",
+    )
+    run.add_argument(
+        "-v", "--verbose", action="store_true", help="show the handlers' JSON logs (on stderr)"
+    )
     run.set_defaults(func=run_cli)
 
 
 def run_cli(args: argparse.Namespace, out: TextIO) -> int:
-    """``crypto-etl run``: 0 when the execution succeeded, 1 when it failed."""
+    """``crypto-etl run``: 0 when the execution succeeded, 1 when it failed.
+
+    Bad options raise ValidationError/ConfigError before anything starts (the CLI: exit 2).
+    """
     opts = RunOptions(
         local_dir=args.local_dir,
         offline=args.offline,
@@ -442,6 +791,10 @@ def run_cli(args: argparse.Namespace, out: TextIO) -> int:
         per_page=args.per_page,
         verbose=args.verbose,
     )
-    report = run_pipeline(opts, out)
-    print_summary(report, out)
+    as_json = bool(getattr(args, "json", False))
+    report = run_pipeline(opts, sys.stderr if as_json else out)
+    if as_json:
+        print(json.dumps(summary_json(report), indent=2), file=out, flush=True)
+    else:
+        print_summary(report, out)
     return 0 if report.status == "SUCCEEDED" else 1

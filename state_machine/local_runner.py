@@ -16,6 +16,7 @@ import io
 import json
 import logging
 import os
+import threading
 import time
 import traceback
 import uuid
@@ -164,6 +165,7 @@ class LocalStepFunctions:
         self._env = dict(env or {})
         self._retry_sleep = retry_sleep
         self._stack: Any = None
+        self._follower: _HistoryFollower | None = None
 
     def __enter__(self) -> LocalStepFunctions:
         from contextlib import ExitStack
@@ -292,22 +294,20 @@ class LocalStepFunctions:
         arn = self.sfn.start_execution(
             stateMachineArn=self.state_machine_arn, name=name, input=json.dumps(execution_input)
         )["executionArn"]
-        seen = 0
-        history: list[dict[str, Any]] = []
-        while True:
-            desc = self.sfn.describe_execution(executionArn=arn)
-            history = self._history(arn)
-            for ev in history[seen:]:
-                state_event = _to_state_event(ev, history)
-                if state_event is not None and on_event is not None:
-                    on_event(state_event)
-            seen = len(history)
-            if desc["status"] != "RUNNING":
-                break
-            if time.monotonic() - started > timeout_seconds:
-                self.sfn.stop_execution(executionArn=arn, error="LocalTimeout")
-                continue
-            time.sleep(poll_seconds)
+        follower = _HistoryFollower(self, arn, on_event)
+        self._follower = follower
+        try:
+            while True:
+                desc = self.sfn.describe_execution(executionArn=arn)
+                history = follower.catch_up()
+                if desc["status"] != "RUNNING":
+                    break
+                if time.monotonic() - started > timeout_seconds:
+                    self.sfn.stop_execution(executionArn=arn, error="LocalTimeout")
+                    continue
+                time.sleep(poll_seconds)
+        finally:
+            self._follower = None
         output = json.loads(desc["output"]) if desc.get("output") else None
         state_outputs = {}
         for ev in history:
@@ -339,6 +339,17 @@ class LocalStepFunctions:
             state_outputs=state_outputs,
         )
 
+    def catch_up(self) -> None:
+        """Report the running execution's history events not reported yet (from any thread).
+
+        ``execute`` polls the history every ``poll_seconds``; a handler (running in moto's
+        execution thread) calls this before it prints progress of its own, so every earlier
+        state's events come first, whatever the polling interval. No-op outside ``execute``.
+        """
+        follower = self._follower
+        if follower is not None:
+            follower.catch_up()
+
     def _history(self, arn: str) -> list[dict[str, Any]]:
         events: list[dict[str, Any]] = []
         kwargs: dict[str, Any] = {"executionArn": arn, "maxResults": 1000}
@@ -348,6 +359,35 @@ class LocalStepFunctions:
             if not resp.get("nextToken"):
                 return events
             kwargs["nextToken"] = resp["nextToken"]
+
+
+class _HistoryFollower:
+    """Turns an execution's history into StateEvents, each exactly once and in order."""
+
+    def __init__(
+        self,
+        runner: LocalStepFunctions,
+        arn: str,
+        on_event: Callable[[StateEvent], None] | None,
+    ) -> None:
+        self._runner = runner
+        self._arn = arn
+        self._on_event = on_event
+        self._seen = 0
+        self._lock = threading.RLock()  # on_event may print, and printing may call back here
+        self.history: list[dict[str, Any]] = []
+
+    def catch_up(self) -> list[dict[str, Any]]:
+        """Fetch the history and report the events not reported yet; return the history."""
+        with self._lock:
+            history = self._runner._history(self._arn)
+            self.history = history
+            new, self._seen = history[self._seen :], max(self._seen, len(history))
+            for ev in new:
+                state_event = _to_state_event(ev, history)
+                if state_event is not None and self._on_event is not None:
+                    self._on_event(state_event)
+            return history
 
 
 def _to_state_event(ev: dict[str, Any], history: list[dict[str, Any]]) -> StateEvent | None:

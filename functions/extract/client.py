@@ -14,6 +14,9 @@ Retried (each counts as a retry against the limits below):
   (``ContentDecodingError``: e.g. ``Content-Encoding: gzip`` over bytes that are not gzip), a
   TLS connection closed without ``close_notify`` (``SSLEOFError``, "UNEXPECTED_EOF_WHILE_READING",
   "EOF occurred in violation of protocol"), and a urllib3 ``RetryError`` from a mounted adapter.
+  A host name that does not resolve (urllib3 ``NameResolutionError``, ``socket.gaierror``) is
+  retried once only, after at most :data:`DNS_RETRY_WAIT` seconds: a resolver hiccup clears at
+  once, while a wrong or unreachable host would otherwise burn the whole backoff (~55 s).
 
 Backoff is exponential with jitter: ``base * 2**(n-1)`` seconds for retry n, capped at
 :data:`MAX_SINGLE_WAIT`, drawn uniformly from the upper half of that step ("equal jitter", so
@@ -49,6 +52,7 @@ import http.client
 import json
 import logging
 import random
+import socket
 import ssl
 import time
 from collections.abc import Callable, Mapping
@@ -71,6 +75,9 @@ MAX_SINGLE_WAIT = 60.0
 # would otherwise fire every retry within milliseconds and burn the retry budget at once.
 MIN_RETRY_WAIT = 1.0
 USER_AGENT = "crypto-etl/0.1 (+requests)"
+# A name-resolution failure is retried this many times, after at most DNS_RETRY_WAIT seconds.
+DNS_MAX_RETRIES = 1
+DNS_RETRY_WAIT = 1.0
 
 # Transient transport failures: connect/read timeouts, refused or reset connections, a body cut
 # off mid-way or failing to decode. (requests.Timeout covers ConnectTimeout and ReadTimeout;
@@ -126,6 +133,32 @@ def is_tls_eof(exc: BaseException) -> bool:
         if isinstance(inner, ssl.SSLEOFError):
             return True
         if any(marker in str(inner) for marker in _TLS_EOF_MARKERS):
+            return True
+        for nested in (
+            getattr(inner, "reason", None),
+            inner.args[0] if inner.args else None,
+            inner.__cause__,
+            inner.__context__,
+        ):
+            if isinstance(nested, BaseException):
+                todo.append(nested)
+    return False
+
+
+def is_name_resolution_error(exc: BaseException) -> bool:
+    """True when a connection failed because the host name did not resolve (DNS).
+
+    Looks through the causes requests and urllib3 wrap around it (``args[0]``, ``.reason``,
+    ``__cause__``, ``__context__``) for urllib3's ``NameResolutionError`` or ``socket.gaierror``.
+    """
+    seen: set[int] = set()
+    todo: list[BaseException] = [exc]
+    while todo:
+        inner = todo.pop()
+        if id(inner) in seen:
+            continue
+        seen.add(id(inner))
+        if isinstance(inner, urllib3.exceptions.NameResolutionError | socket.gaierror):
             return True
         for nested in (
             getattr(inner, "reason", None),
@@ -314,12 +347,14 @@ class CoinGeckoClient:
         """
         url = self.url(path, params)
         attempts = 0
+        dns_failures = 0
         while True:
             attempts += 1
             self.api_calls += 1
             status: int | None = None
             retry_after: float | None = None
             api_message = ""
+            dns_failed = False
             try:
                 resp = self._session.get(url, timeout=self.timeout, allow_redirects=False)
                 body = resp.content
@@ -331,6 +366,7 @@ class CoinGeckoClient:
                 problem = f"TLS connection closed early: {_network_problem(exc)}"
             except TRANSIENT_ERRORS as exc:
                 problem = _network_problem(exc)
+                dns_failed = is_name_resolution_error(exc)
             except OTHER_REQUEST_ERRORS as exc:
                 raise SourceError(
                     f"CoinGecko GET {url} failed (not retried): {type(exc).__name__}: "
@@ -386,7 +422,16 @@ class CoinGeckoClient:
                     retry_after = parse_retry_after(
                         resp.headers.get("Retry-After"), self._wall_clock()
                     )
-            wait = self._next_wait(attempts, retry_after, url, status, problem, api_message)
+            dns_failures += dns_failed
+            wait = self._next_wait(
+                attempts,
+                retry_after,
+                url,
+                status,
+                problem,
+                api_message,
+                dns_failures=dns_failures if dns_failed else 0,
+            )
             self._log.warning(
                 "CoinGecko request failed, retrying",
                 extra={
@@ -415,8 +460,15 @@ class CoinGeckoClient:
         status: int | None,
         problem: str,
         api_message: str,
+        *,
+        dns_failures: int = 0,
     ) -> float:
-        """How long to sleep before the next attempt, or raise SourceUnavailableError."""
+        """How long to sleep before the next attempt, or raise SourceUnavailableError.
+
+        ``dns_failures`` is 0 unless the last attempt failed to resolve the host name; then it
+        counts this request's name-resolution failures so far: past :data:`DNS_MAX_RETRIES` the
+        client gives up, and the wait is at most :data:`DNS_RETRY_WAIT`.
+        """
         last = f"last {problem}"
 
         def give_up(reason: str) -> SourceUnavailableError:
@@ -431,6 +483,14 @@ class CoinGeckoClient:
         if attempts > self.max_retries:
             raise give_up(f"max retries ({self.max_retries}) reached")
         wait = retry_after if retry_after is not None else self.backoff(attempts)
+        if dns_failures > DNS_MAX_RETRIES:
+            raise give_up(
+                f"the host name did not resolve {dns_failures} times (DNS failures are retried"
+                f" {DNS_MAX_RETRIES} time{'s' if DNS_MAX_RETRIES != 1 else ''}; check the host"
+                " in COINGECKO_BASE_URL and the network)"
+            )
+        if dns_failures and retry_after is None:
+            wait = min(wait, DNS_RETRY_WAIT)
         remaining = self.max_retry_wait - self.waited_seconds
         if wait > remaining:
             source = "Retry-After asks for" if retry_after is not None else "the next backoff is"

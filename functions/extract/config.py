@@ -34,7 +34,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from functions.common.config import env_float, env_int
-from functions.common.errors import ConfigError
+from functions.common.errors import ConfigError, ValidationError
 from functions.common.secrets import fetch_secret_string as read_secret
 
 PUBLIC_BASE_URL = "https://api.coingecko.com/api/v3"
@@ -42,6 +42,10 @@ PRO_BASE_URL = "https://pro-api.coingecko.com/api/v3"
 PLANS = ("public", "demo", "pro")
 KEY_HEADERS: dict[str, str] = {"demo": "x-cg-demo-api-key", "pro": "x-cg-pro-api-key"}
 VALUE_SHAPE = 'the API key string, or {"api_key": "...", "plan": "demo" | "pro"}'
+
+# A quote currency as CoinGecko names them ("usd", "eur", "btc", "bits", "sats"...): checked
+# whole, after lower-casing, so surrounding whitespace is refused rather than trimmed.
+VS_CURRENCY_RE = re.compile(r"[a-z0-9_-]{1,16}")
 
 # Printable ASCII without spaces: anything else could not travel in an HTTP header.
 _KEY_RE = re.compile(r"^[\x21-\x7e]{1,200}$")
@@ -135,6 +139,38 @@ class ExtractConfig:
             max_retry_wait_seconds=env_float(env, "COINGECKO_MAX_RETRY_WAIT_SECONDS", 120.0),
             backoff_base_seconds=env_float(env, "COINGECKO_BACKOFF_BASE_SECONDS", 1.0),
             lake_bucket=env.get("LAKE_BUCKET", "").strip() or None,
+        )
+
+
+def check_vs_currency(value: object, field: str) -> str:
+    """``value`` lower-cased, when it is 1-16 of ``[a-z0-9_-]`` in any case and nothing else.
+
+    The extract's rule for ``input.vs_currency`` (``functions.extract.handler.parse_event``),
+    shared so the CLI can refuse a value before it starts anything. Raises ValidationError
+    naming ``field`` otherwise (empty, spaces, 17+ characters, not a string).
+    """
+    if not isinstance(value, str) or not VS_CURRENCY_RE.fullmatch(value.lower()):
+        raise ValidationError(field, f"{value!r} must be 1-16 letters, digits, '_' or '-'")
+    return value.lower()
+
+
+def check_timeout_fits(
+    timeout_seconds: float, available_seconds: float, margin_seconds: float, available: str
+) -> None:
+    """Raise ConfigError when one request's timeout cannot fit in the time an extract has.
+
+    The extract requests a page only while at least ``timeout + margin`` seconds are left
+    (``functions.extract.paging.fetch_markets``'s ``reserve_seconds``), so a
+    ``COINGECKO_TIMEOUT_SECONDS`` above ``available_seconds - margin_seconds`` could never fetch
+    page 1. ``available`` names the budget in the message (e.g. "the extract function's timeout").
+    """
+    limit = available_seconds - margin_seconds
+    if timeout_seconds > limit:
+        raise ConfigError(
+            "COINGECKO_TIMEOUT_SECONDS",
+            f"{timeout_seconds:g}s is more than {available} ({available_seconds:g}s) minus the"
+            f" extract's {margin_seconds:g}s margin, {limit:g}s: no page could be fetched"
+            f" (set it to at most {max(limit, 0):g})",
         )
 
 

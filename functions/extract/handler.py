@@ -39,7 +39,7 @@ from functions.common.log import get_logger
 from functions.common.snapshot_index import claim_partition_date
 from functions.common.storage import Storage, put_json, storage_from_env
 from functions.extract.client import ApiResponse, CoinGeckoClient
-from functions.extract.config import ExtractConfig
+from functions.extract.config import ExtractConfig, check_timeout_fits
 from functions.extract.paging import FetchedPage, MarketsResult, RawPage, fetch_markets
 
 logger = get_logger("extract")
@@ -376,4 +376,12 @@ def handler(event: dict, context: Any) -> dict:
     config = ExtractConfig.from_env(env)
     remaining = getattr(context, "get_remaining_time_in_millis", None)
     deadline = (lambda: remaining() / 1000.0) if callable(remaining) else None
+    if deadline is not None:
+        # Refuse at once (ConfigError) rather than fail later with ExtractDeadlineError.
+        check_timeout_fits(
+            config.timeout_seconds,
+            deadline(),
+            DEADLINE_MARGIN_SECONDS,
+            "the time left in this invocation",
+        )
     return run(event, config=config, storage=storage_from_env(env), deadline=deadline)

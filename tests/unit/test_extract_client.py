@@ -363,6 +363,21 @@ def test_a_connection_failure_names_its_real_cause(sleeps):
     assert client.api_calls == 2 and len(sleeps) == 1
 
 
+def test_an_unresolvable_host_is_retried_once_quickly(sleeps):
+    """RFC 2606's .invalid never resolves (the local resolver answers at once): one short
+    retry, not the whole backoff (~55 s with the defaults)."""
+    # The default retries (6) and budget (120 s): only the DNS rule can stop it after one.
+    client = CoinGeckoClient(
+        "http://nonexistent.invalid/api/v3", sleep=sleeps, rng=random.Random(1)
+    )
+    with pytest.raises(SourceUnavailableError, match="NameResolutionError") as info:
+        client.ping()
+    assert (client.api_calls, client.retries) == (2, 1)
+    assert len(sleeps) == 1 and 0 < sleeps[0] <= 1.0
+    assert "did not resolve 2 times" in str(info.value)
+    assert "nonexistent.invalid" in str(info.value)
+
+
 @pytest.mark.parametrize(
     ("plan", "header"), [("demo", "x-cg-demo-api-key"), ("pro", "x-cg-pro-api-key")]
 )

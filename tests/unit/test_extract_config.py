@@ -184,3 +184,72 @@ def test_secrets_manager_missing_secret_is_a_config_error(aws):
         ExtractConfig.from_env({"COINGECKO_API_KEY_SECRET_ARN": arn})
     assert "ResourceNotFoundException" in str(info.value)
     assert arn in str(info.value)
+
+
+# -- shared checks: vs_currency and the request timeout against the function's time ----------
+
+
+@pytest.mark.parametrize(
+    ("value", "ok"),
+    [
+        ("usd", True),
+        ("USD", True),
+        ("bits", True),
+        ("a" * 16, True),
+        ("x_y-1", True),
+        ("", False),
+        ("us d", False),
+        (" usd", False),
+        ("usd\n", False),
+        ("a" * 17, False),
+        ("usd;", False),
+        ("ü", False),
+    ],
+)
+def test_vs_currency_rule_is_the_extracts(value, ok):
+    """The CLI's up-front check and the extract's event validation accept the same values."""
+    from functions.common.errors import ValidationError
+    from functions.extract.config import check_vs_currency
+    from functions.extract.handler import parse_event
+
+    event = {
+        "input": {"vs_currency": value},
+        "execution": {"name": "e1", "id": "arn:e1", "start_time": "2024-01-01T00:00:00Z"},
+    }
+    if ok:
+        assert check_vs_currency(value, "--vs-currency") == value.lower()
+        assert parse_event(event).vs_currency == value.lower()
+    else:
+        with pytest.raises(ValidationError, match="--vs-currency"):
+            check_vs_currency(value, "--vs-currency")
+        with pytest.raises(ValidationError, match=r"input\.vs_currency"):
+            parse_event(event)
+
+
+def test_a_timeout_that_cannot_fit_names_both_numbers():
+    from functions.extract.config import check_timeout_fits
+
+    check_timeout_fits(890, 900, 10, "the extract function's timeout")  # exactly fits
+    with pytest.raises(ConfigError, match="COINGECKO_TIMEOUT_SECONDS") as info:
+        check_timeout_fits(890.5, 900, 10, "the extract function's timeout")
+    assert "890.5s" in str(info.value) and "(900s)" in str(info.value)
+    assert "890s" in str(info.value)
+
+
+def test_the_extract_handler_refuses_such_a_timeout_at_invocation_start(tmp_path, monkeypatch):
+    """On AWS too: the Lambda context's remaining time (here 20 s) minus the 10 s margin."""
+    from functions.common.context import LocalLambdaContext
+    from functions.extract import handler as extract
+
+    monkeypatch.setenv("LAKE_LOCAL_DIR", str(tmp_path / "lake"))
+    monkeypatch.setenv("COINGECKO_BASE_URL", "http://127.0.0.1:9/api/v3")  # never called
+    monkeypatch.setenv("COINGECKO_TIMEOUT_SECONDS", "15")
+    event = {
+        "input": {},
+        "execution": {"name": "e1", "id": "arn:e1", "start_time": "2024-01-01T00:00:00Z"},
+    }
+    with pytest.raises(ConfigError, match="COINGECKO_TIMEOUT_SECONDS: 15s") as info:
+        extract.handler(event, LocalLambdaContext(timeout_seconds=20))
+    assert "time left in this invocation" in str(info.value)
+    assert "10s margin" in str(info.value)
+    assert not (tmp_path / "lake").exists()  # refused before touching the lake

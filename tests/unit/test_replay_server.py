@@ -4,18 +4,23 @@ from __future__ import annotations
 
 import collections
 import json
+import os
 import re
 import shutil
 import socket
+import subprocess
+import sys
 from datetime import datetime
 from pathlib import Path
 
 import pytest
 import requests
 
+from functions.common.errors import ValidationError
 from local_mode import synthetic
 from local_mode.replay_server import MarketSource, ReplayServer, Scripted, main
 
+REPO_ROOT = Path(__file__).resolve().parents[2]
 ISO_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
 
 
@@ -323,14 +328,122 @@ def test_directory_rows_without_last_updated_are_served_as_recorded(tmp_path):
 
 
 def test_missing_directory_is_an_error(tmp_path):
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(ValidationError, match="does not exist"):
         ReplayServer.from_directory(tmp_path / "nope")
+
+
+def test_an_unreadable_page_file_is_an_error_not_a_silent_gap(tmp_path):
+    (tmp_path / "markets-page-0001.json").write_text("[]")
+    (tmp_path / "markets-page-0002.json").symlink_to(tmp_path / "gone.json")
+    with pytest.raises(ValidationError, match=r"markets-page-0002\.json is a broken link"):
+        ReplayServer.from_directory(tmp_path)
+    (tmp_path / "markets-page-0002.json").unlink()
+    (tmp_path / "markets-page-0002.json").mkdir()
+    with pytest.raises(ValidationError, match="is not a regular file"):
+        ReplayServer.from_directory(tmp_path)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads a file whatever its mode")
+def test_a_page_file_without_read_permission_is_an_error(tmp_path):
+    page = tmp_path / "markets-page-0001.json"
+    page.write_text("[]")
+    page.chmod(0)
+    with pytest.raises(ValidationError, match=r"cannot read .*Permission denied"):
+        ReplayServer.from_directory(tmp_path)
+
+
+def test_an_unreadable_global_json_is_an_error(tmp_path):
+    (tmp_path / "markets-page-0001.json").write_text("[]")
+    (tmp_path / "global.json").symlink_to(tmp_path / "gone.json")
+    with pytest.raises(ValidationError, match=r"global\.json is a broken link"):
+        ReplayServer.from_directory(tmp_path)
+
+
+def test_two_files_for_one_page_are_an_error(tmp_path):
+    (tmp_path / "markets-page-0001.json").write_text('[{"id": "a"}]')
+    (tmp_path / "markets-page-1.json").write_text('[{"id": "b"}]')
+    with pytest.raises(ValidationError, match="both page 1"):
+        ReplayServer.from_directory(tmp_path)
+
+
+def test_unserved_pages_name_the_recorded_pages_no_request_got(tmp_path):
+    """A gap (pages 1 and 3): paging stops at the empty page 2 and never asks for page 3."""
+    for n in (1, 3):
+        (tmp_path / f"markets-page-{n:04d}.json").write_text(f'[{{"id": "c{n}"}}]')
+    with ReplayServer.from_directory(tmp_path) as srv:
+        assert srv.unserved_pages() == [1, 3]
+        get(srv, "/coins/markets", vs_currency="usd", page=1)
+        get(srv, "/coins/markets", vs_currency="usd", page=2)
+        assert (srv.served_pages(), srv.unserved_pages()) == ([1, 2], [3])
+        srv.script("/coins/markets", Scripted.error(500), page=3)
+        get(srv, "/coins/markets", vs_currency="usd", page=3)  # a scripted reply is not page 3
+        assert srv.unserved_pages() == [3]
+        get(srv, "/coins/markets", vs_currency="usd", page=3)
+        assert srv.unserved_pages() == []
 
 
 def test_main_rejects_bad_arguments(capsys):
     with pytest.raises(SystemExit):
         main(["--coins", "5", "--replay", "x"])
     assert "not allowed with" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--replay", "{missing}"], "invalid --replay: {missing} does not exist"),
+        (["--replay", "{broken}"], "markets-page-0002.json is a broken link"),
+        (["--rate-limit", "abc"], "argument --rate-limit: 'abc' is not N/SECONDS"),
+        (["--rate-limit", "0/60"], "N must be at least 1"),
+        (["--rate-limit", "5/0"], "SECONDS must be a number > 0"),
+        (["--rate-limit", "5/-1"], "SECONDS must be a number > 0"),
+        (["--port", "99999"], "argument --port: 99999 is not in 0-65535"),
+        (["--port", "-1"], "argument --port: -1 is not in 0-65535"),
+        (["--coins", "0"], "argument --coins: 0 is not in 1-100000"),
+        (["--coins", "-5"], "argument --coins: -5 is not in 1-100000"),
+        (["--coins", "many"], "argument --coins: 'many' is not an integer"),
+    ],
+)
+def test_main_refuses_bad_arguments_in_one_line(tmp_path, capsys, args, message):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "markets-page-0001.json").write_text("[]")
+    (broken / "markets-page-0002.json").symlink_to(broken / "gone.json")
+    paths = {"missing": tmp_path / "missing", "broken": broken}
+    with pytest.raises(SystemExit) as info:
+        main([a.format(**paths) for a in args])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert message.format(**paths) in err
+
+
+def test_main_refuses_a_port_in_use_in_one_line(capsys):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(SystemExit) as info:
+            main(["--coins", "5", "--port", str(port)])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"cannot listen on 127.0.0.1:{port}" in err
+
+
+def test_the_module_prints_no_traceback_for_bad_arguments(tmp_path):
+    """``python -m local_mode.replay_server`` as a user runs it."""
+    for args in (["--replay", str(tmp_path / "nope")], ["--rate-limit", "0/60"]):
+        proc = subprocess.run(
+            [sys.executable, "-m", "local_mode.replay_server", *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=REPO_ROOT,
+            check=False,
+        )
+        assert proc.returncode == 2, (args, proc.stderr)
+        assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+        assert proc.stdout == ""
 
 
 # -- the synthetic market ------------------------------------------------------------------------

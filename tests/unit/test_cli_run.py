@@ -1,0 +1,234 @@
+"""``crypto-etl run`` refuses bad arguments, paths and settings before starting anything, and
+says what happened in words a user can trust (plurals, what the table holds, how to query it).
+
+These run the real CLI entry point in-process (``local_mode.cli.main``); a refused run must not
+create the local folders, start a warehouse or a replay server.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from local_mode.cli import main
+from local_mode.run_command import (
+    RunReport,
+    check_request_timeout,
+    default_local_dir,
+    print_summary,
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def refused(capsys: pytest.CaptureFixture[str], local_dir: Path, *args: str) -> str:
+    """Run ``crypto-etl --local-dir DIR run ARGS``; assert exit 2 and one line; return it."""
+    code = main(["--local-dir", str(local_dir), "run", *args], out=io.StringIO())
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    return err
+
+
+@pytest.fixture
+def local_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    # A live run would call CoinGecko: make sure a test that fails to refuse cannot.
+    monkeypatch.setenv("COINGECKO_BASE_URL", "http://127.0.0.1:9/api/v3")
+    monkeypatch.setenv("COINGECKO_MAX_RETRIES", "0")
+    return tmp_path / "local"
+
+
+@pytest.mark.parametrize("value", ["us d", "", "a" * 17, " usd", "usd\t", "€"])
+def test_a_bad_vs_currency_is_refused_before_anything_starts(capsys, local_dir, value):
+    err = refused(capsys, local_dir, "--offline", "--vs-currency", value)
+    assert f"invalid --vs-currency: {value!r}" in err
+    assert not local_dir.exists()
+
+
+def test_an_empty_snapshot_id_is_refused_not_replaced_by_a_timestamp(capsys, local_dir):
+    err = refused(capsys, local_dir, "--offline", "--snapshot-id", "")
+    assert "invalid --snapshot-id: ''" in err
+    assert not local_dir.exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "ignored_with"),
+    [
+        (["--coins", "5"], "the live API"),
+        (["--coins", "5", "--max-coins", "5"], "the live API"),
+        (["--replay", "{replay}", "--coins", "5"], "--replay"),
+    ],
+)
+def test_coins_without_offline_is_refused(capsys, local_dir, tmp_path, args, ignored_with):
+    replay = tmp_path / "replay"
+    replay.mkdir()
+    (replay / "markets-page-0001.json").write_text("[]")
+    err = refused(capsys, local_dir, *[a.format(replay=replay) for a in args])
+    assert "invalid --coins" in err and "needs --offline" in err and ignored_with in err
+    assert not local_dir.exists()
+
+
+def test_local_dir_that_is_a_file_is_refused(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    a_file = tmp_path / "data.txt"
+    a_file.write_text("not a folder")
+    err = refused(capsys, a_file, "--offline")
+    assert f"invalid --local-dir: {a_file} exists and is not a directory" in err
+    err = refused(capsys, a_file / "sub", "--offline")
+    assert "invalid --local-dir" in err and "not a writable directory" in err
+
+
+def test_local_dir_that_cannot_be_written_is_refused(capsys, tmp_path, monkeypatch):
+    """sysfs refuses to create files even for root: a real unwritable directory here."""
+    monkeypatch.chdir(tmp_path)
+    target = Path("/sys/kernel")
+    if not target.is_dir():
+        pytest.skip("no /sys/kernel on this machine")
+    err = refused(capsys, target, "--offline")
+    assert "invalid --local-dir: /sys/kernel/lake is not a writable directory" in err
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes whatever the mode")
+def test_local_dir_without_write_permission_is_refused(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    err = refused(capsys, locked, "--offline")
+    assert "not a writable directory" in err and "Permission denied" in err
+
+
+def test_an_unreadable_replay_file_is_refused(capsys, local_dir, tmp_path):
+    replay = tmp_path / "replay"
+    replay.mkdir()
+    (replay / "markets-page-0001.json").write_text("[]")
+    (replay / "markets-page-0002.json").symlink_to(replay / "deleted.json")
+    err = refused(capsys, local_dir, "--replay", str(replay))
+    assert "invalid --replay" in err and "markets-page-0002.json is a broken link" in err
+    assert not local_dir.exists()
+
+
+def test_a_request_timeout_longer_than_the_extract_can_wait_is_refused(
+    capsys, local_dir, monkeypatch
+):
+    """900 s function timeout - 10 s margin: 891 could never fetch a page."""
+    monkeypatch.setenv("COINGECKO_TIMEOUT_SECONDS", "891")
+    err = refused(capsys, local_dir, "--offline")
+    assert "ConfigError" in err and "COINGECKO_TIMEOUT_SECONDS: 891s" in err
+    assert "(900s)" in err and "890s" in err
+    assert not local_dir.exists()
+
+
+def test_the_timeout_limit_is_the_function_timeout_minus_the_margin():
+    assert check_request_timeout({"COINGECKO_TIMEOUT_SECONDS": "890"}) == 890.0
+    assert check_request_timeout({}) == 30.0
+
+
+def test_an_unknown_log_level_is_refused(capsys, local_dir, monkeypatch):
+    monkeypatch.setenv("POWERTOOLS_LOG_LEVEL", "LOUD")
+    err = refused(capsys, local_dir, "--offline")
+    assert "POWERTOOLS_LOG_LEVEL: 'LOUD'" in err
+    assert not local_dir.exists()
+
+
+@pytest.mark.parametrize(("value", "expected"), [("", ".local"), ("  ", ".local"), ("d", "d")])
+def test_an_empty_crypto_etl_local_dir_is_unset(value, expected):
+    assert default_local_dir({"CRYPTO_ETL_LOCAL_DIR": value}) == Path(expected)
+    assert default_local_dir({}) == Path(".local")
+
+
+def test_run_help_says_it_calls_the_live_api_by_default():
+    proc = subprocess.run(
+        [sys.executable, "-m", "local_mode.cli", "run", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO_ROOT,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    text = " ".join(proc.stdout.split())
+    assert "without --offline or --replay, run calls the LIVE CoinGecko API" in text
+    assert "--json" in text and "CRYPTO_ETL_LOCAL_DIR" in text
+
+
+# -- the summary ------------------------------------------------------------------------------
+
+
+def report(output: dict, **extra) -> RunReport:
+    return RunReport(
+        status="SUCCEEDED",
+        snapshot_id="s1",
+        execution_arn="arn:aws:states:us-east-1:123456789012:execution:p:s1-x",
+        duration_s=1.0,
+        output=output,
+        failed_state=None,
+        error=None,
+        error_message=None,
+        alerts=[],
+        lake_dir=Path("/tmp/l/lake"),
+        warehouse_dir=Path("/tmp/l/warehouse"),
+        state_outputs={},
+        **extra,
+    )
+
+
+LOAD_OUTPUT = {
+    "coin_count": 1,
+    "pages": 1,
+    "api_calls": 1,
+    "retries": 1,
+    "row_count": 300,
+    "rejected_count": 0,
+    "duplicate_count": 1,
+    "rows_inserted": 1,
+    "rows_replaced": 600,
+    "table": "CRYPTO_ETL_DB.PUBLIC.CRYPTO_DATA",
+    "stop_reason": "empty_page",
+    "end_confirmed": True,
+    "raw_prefix": "raw/x/",
+    "processed_key": "processed/x/crypto_data.csv.gz",
+}
+
+
+def test_the_summary_says_what_the_table_holds_with_plurals_right():
+    out = io.StringIO()
+    print_summary(report(LOAD_OUTPUT), out)
+    text = out.getvalue()
+    assert "coins fetched 1 (1 page, 1 API call, 1 retry)" in text
+    assert "300 rows for the snapshot (replacing 600; 1 coin new to it)" in text
+    assert "1 duplicate" in text and "1 duplicates" not in text
+
+
+def test_the_query_hint_keeps_the_local_dir_quoted_for_the_shell():
+    out = io.StringIO()
+    print_summary(report(LOAD_OUTPUT, local_dir=Path("my data/it's")), out)
+    hint = next(line for line in out.getvalue().splitlines() if "query it" in line)
+    command = hint.split("query it", 1)[1].strip()
+    # What a POSIX shell makes of the line: the same folder, one argument.
+    assert shlex.split(command) == [
+        "crypto-etl",
+        "--local-dir",
+        "my data/it's",
+        "sql",
+        "SELECT COUNT(*) FROM CRYPTO_DATA",
+    ]
+    out = io.StringIO()
+    print_summary(report(LOAD_OUTPUT, local_dir=Path(".local")), out)
+    assert 'query it      crypto-etl sql "SELECT' in out.getvalue()
+
+
+def test_offline_refuses_a_currency_the_synthetic_market_does_not_quote(capsys, local_dir):
+    from local_mode import synthetic
+
+    assert "xyz" not in synthetic.FX_RATES
+    err = refused(capsys, local_dir, "--offline", "--vs-currency", "xyz")
+    assert "invalid --vs-currency: 'xyz': the synthetic market (--offline) is quoted in" in err
+    assert not local_dir.exists()
