@@ -30,10 +30,16 @@ install: $(STAMP)
 node_modules/.package-lock.json: package.json
 	npm install --no-audit --no-fund --loglevel=error
 
-## make demo: the whole pipeline, offline, on the bundled synthetic market; then the top 10.
+## make demo: the whole pipeline, offline, on the bundled synthetic market (three simulated days); then the top 10 and the dashboard page.
 demo: $(STAMP)
-	$(BIN)/crypto-etl run --offline
+	@# Three snapshots over three simulated days (the synthetic market drifts with --as-of),
+	@# so the dashboard's history charts show movement; re-running replaces the same snapshots.
+	for d in 2 1 0; do \
+	  at=$$(date -u -d "-$$d days" +%Y-%m-%dT%H:%M:%SZ) && \
+	  $(BIN)/crypto-etl run --offline --as-of "$$at" --snapshot-id "demo-$${at%%T*}" || exit 1; \
+	done
 	$(BIN)/crypto-etl show
+	$(BIN)/crypto-etl dashboard
 
 ## make run: the same against the live CoinGecko API.
 run: $(STAMP)

@@ -187,7 +187,15 @@ class SyntheticSource(MarketSource):
 
     kind = "synthetic"
 
-    def __init__(self, coins: int = 1000, seed: int = synthetic.DEFAULT_SEED) -> None:
+    def __init__(
+        self,
+        coins: int = 1000,
+        seed: int = synthetic.DEFAULT_SEED,
+        as_of: datetime | None = None,
+    ) -> None:
+        """``as_of``: serve the market as it has drifted to that time (see
+        :func:`local_mode.synthetic.drifted`); None serves the fixed market."""
+        self.as_of = as_of
         self.coins = coins
         self.seed = seed
         self._lock = threading.Lock()
@@ -199,7 +207,10 @@ class SyntheticSource(MarketSource):
         with self._lock:
             if vs_currency not in self._markets:
                 self._markets[vs_currency] = synthetic.generate_markets(
-                    self.coins, seed=self.seed, vs_currency=vs_currency
+                    self.coins,
+                    seed=self.seed,
+                    vs_currency=vs_currency,
+                    **({"as_of": self.as_of, "drift": True} if self.as_of else {}),
                 )
             return self._markets[vs_currency]
 
@@ -218,7 +229,9 @@ class SyntheticSource(MarketSource):
     def global_data(self) -> Reply:
         if self._global is None:
             self._global = _json_bytes(
-                synthetic.generate_global(self.market("usd"), seed=self.seed)
+                synthetic.generate_global(
+                    self.market("usd"), seed=self.seed, as_of=self.as_of or synthetic.DEFAULT_AS_OF
+                )
             )
         return Reply(200, self._global)
 

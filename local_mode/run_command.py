@@ -14,6 +14,7 @@ JSON logs (``-v``) always go to stderr.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import os
@@ -70,6 +71,8 @@ class RunOptions:
     per_page: int | None = None
     verbose: bool = False
     extra_env: dict[str, str] = field(default_factory=dict)
+    # --as-of (offline only): the simulated time of the fetch, for demos with history.
+    as_of: datetime | None = None
 
 
 @dataclass
@@ -113,6 +116,16 @@ class Prepared:
 
 def _utc_stamp() -> str:
     return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+
+
+# Step Functions execution names are at most 80 characters (StartExecution's ``name``).
+MAX_EXECUTION_NAME = 80
+
+
+def execution_name(snapshot_id: str, stamp: str) -> str:
+    """``<snapshot id>-<UTC stamp>``, the id cut so the name fits Step Functions' 80 characters."""
+    room = MAX_EXECUTION_NAME - len(stamp) - 1
+    return f"{snapshot_id[:room].rstrip('-_.')}-{stamp}"
 
 
 def _error_message(cause: str | None) -> str | None:
@@ -258,6 +271,10 @@ def prepare(opts: RunOptions) -> Prepared:
             )
         if not 1 <= opts.coins <= MAX_COINS:
             raise ValidationError("--coins", f"{opts.coins} is not in 1-{MAX_COINS}")
+    if opts.as_of is not None and not opts.offline:
+        raise ValidationError(
+            "--as-of", "simulates the fetch time of the synthetic market and needs --offline"
+        )
     if opts.offline and vs_currency is not None:
         from local_mode.synthetic import FX_RATES
 
@@ -412,7 +429,7 @@ def _coingecko_source(
         from local_mode.replay_server import ReplayServer, SyntheticSource
 
         source = prepared.replay_source or SyntheticSource(
-            opts.coins if opts.coins is not None else DEFAULT_OFFLINE_COINS
+            opts.coins if opts.coins is not None else DEFAULT_OFFLINE_COINS, as_of=opts.as_of
         )
         with ReplayServer(source) as server:
             what = "recorded bodies" if prepared.replay_source else "synthetic market"
@@ -449,6 +466,29 @@ def _coingecko_source(
 # -- the run ------------------------------------------------------------------------------------
 
 
+def _simulated_clock_handlers(as_of: datetime) -> dict[str, Any]:
+    """The real handlers, with the Extract told it runs at ``as_of`` (``--as-of``, offline only):
+    the execution's start time and the fetch clock, so FETCHED_AT, FETCH_DATE and the lake
+    partition are those of the simulated day. Local stand-in only; nothing on AWS does this."""
+    from unittest import mock
+
+    import functions.extract.handler as extract_module
+    from state_machine.local_runner import default_handlers
+
+    handlers = default_handlers()
+    real_extract, real_run = handlers["extract"], extract_module.run
+
+    def extract(event: dict[str, Any], context: Any) -> dict[str, Any]:
+        event = {**event, "execution": {**event["execution"], "start_time": as_of.isoformat()}}
+        # handler() calls run() by its module-level name: give that call the simulated clock.
+        timed_run = functools.partial(real_run, now=lambda: as_of)
+        with mock.patch.object(extract_module, "run", timed_run):
+            return real_extract(event, context)
+
+    handlers["extract"] = extract
+    return handlers
+
+
 def run_pipeline(opts: RunOptions, out: TextIO | None = None) -> RunReport:
     """Check everything, start the local services, run one execution to the end, stop them.
 
@@ -477,12 +517,15 @@ def run_pipeline(opts: RunOptions, out: TextIO | None = None) -> RunReport:
             **warehouse.env(),
             **opts.extra_env,
         }
-        sfn = stack.enter_context(LocalStepFunctions(env=env))
+        handlers = _simulated_clock_handlers(opts.as_of) if opts.as_of else None
+        sfn = stack.enter_context(LocalStepFunctions(handlers=handlers, env=env))
         progress.catch_up = sfn.catch_up
         payload = prepared.execution_input
         progress.line(f"Execution input: {json.dumps(payload)}")
         result = sfn.execute(
-            payload, name=f"{prepared.snapshot_id}-{_utc_stamp()}", on_event=progress.on_event
+            payload,
+            name=execution_name(prepared.snapshot_id, _utc_stamp()),
+            on_event=progress.on_event,
         )
         progress.catch_up = lambda: None
         if prepared.replay_source is not None and server is not None:
@@ -689,6 +732,15 @@ def summary_json(report: RunReport) -> dict[str, Any]:
 # -- the command ----------------------------------------------------------------------------------
 
 
+def _utc_datetime(text: str) -> datetime:
+    """An argparse ``type``: an ISO-8601 time (UTC when it names no zone)."""
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an ISO-8601 time") from exc
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
 def int_range(low: int, high: int) -> Callable[[str], int]:
     """An argparse ``type`` accepting integers in ``[low, high]``."""
 
@@ -754,6 +806,13 @@ def register(sub: Any) -> None:
     )
     run.add_argument("--snapshot-id", help="snapshot id (default: local-<UTC timestamp>)")
     run.add_argument(
+        "--as-of",
+        type=_utc_datetime,
+        metavar="ISO-TIME",
+        help="with --offline: simulate the fetch at this UTC time; the synthetic market drifts"
+        " with it (for demos and tests with history)",
+    )
+    run.add_argument(
         "--max-coins",
         type=int_range(1, MAX_COINS),
         help="stop after this many coins (default 1000; offline: --coins)",
@@ -790,6 +849,7 @@ def run_cli(args: argparse.Namespace, out: TextIO) -> int:
         vs_currency=args.vs_currency,
         per_page=args.per_page,
         verbose=args.verbose,
+        as_of=args.as_of,
     )
     as_json = bool(getattr(args, "json", False))
     report = run_pipeline(opts, sys.stderr if as_json else out)

@@ -104,8 +104,14 @@ def parse_event(event: Any) -> ExtractRequest:
         raise ValidationError(
             "execution", f"must be an object with name, id, start_time; got {execution!r}"
         )
-    # The raw name, not a stripped copy: "snap-1\n" must be refused, not quietly repaired.
-    name = keys.validate_snapshot_id(execution.get("name"), field="execution.name")
+    # The raw name, not a stripped copy: "snap-1\n" must be refused, not quietly repaired. It
+    # must be a safe snapshot id only when it is used as one (below); as a run id, a name that
+    # is not key-safe becomes a digest (keys.run_id).
+    name = execution.get("name")
+    if not isinstance(name, str) or not name or name != name.strip() or not name.isprintable():
+        raise ValidationError(
+            "execution.name", f"{name!r} must be a non-empty name without spaces around it"
+        )
     execution_id = _str_field(execution, "id", "execution")
     raw_start = _str_field(execution, "start_time", "execution")
     try:

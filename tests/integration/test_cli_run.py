@@ -318,3 +318,41 @@ def test_ctrl_c_while_the_warehouse_starts_stops_it_and_exits_130_quietly(tmp_pa
     # The warehouse lock was released: another run could start at once.
     with (local_dir / "warehouse" / LOCK_NAME).open("a+") as lock:
         fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def test_as_of_simulates_the_fetch_day_and_the_market_moves(tmp_path: Path):
+    """`make demo` loads three simulated days: FETCHED_AT, FETCH_DATE and the lake partition are
+    the simulated time's, and the synthetic market has drifted between them."""
+    from datetime import UTC, datetime
+
+    local_dir = tmp_path / "local"
+    days = [datetime(2026, 11, d, 6, 0, tzinfo=UTC) for d in (27, 28)]
+    for at in days:
+        opts = RunOptions(
+            local_dir=local_dir, offline=True, coins=300, as_of=at, snapshot_id=f"d{at.day}"
+        )
+        assert run_pipeline(opts, out=io.StringIO()).status == "SUCCEEDED"
+    columns, rows = query(
+        local_dir,
+        "SELECT SNAPSHOT_ID, FETCHED_AT, FETCH_DATE, LOADED_MARKET_CAP FROM MARKET_SNAPSHOTS"
+        " ORDER BY SNAPSHOT_ID",
+    )
+    got = [dict(zip(columns, r, strict=True)) for r in rows]
+    assert [r["SNAPSHOT_ID"] for r in got] == ["d27", "d28"]
+    assert [r["FETCHED_AT"] for r in got] == days
+    assert [str(r["FETCH_DATE"]) for r in got] == ["2026-11-27", "2026-11-28"]
+    assert got[0]["LOADED_MARKET_CAP"] != got[1]["LOADED_MARKET_CAP"]
+    assert sorted(p.name for p in (local_dir / "lake" / "raw").iterdir()) == [
+        "dt=2026-11-27",
+        "dt=2026-11-28",
+    ]
+
+
+def test_as_of_needs_offline(tmp_path: Path):
+    from datetime import UTC, datetime
+
+    from functions.common.errors import ValidationError
+
+    opts = RunOptions(local_dir=tmp_path, as_of=datetime(2026, 11, 27, tzinfo=UTC))
+    with pytest.raises(ValidationError, match="--as-of"):
+        run_pipeline(opts, out=io.StringIO())

@@ -232,3 +232,13 @@ def test_offline_refuses_a_currency_the_synthetic_market_does_not_quote(capsys, 
     err = refused(capsys, local_dir, "--offline", "--vs-currency", "xyz")
     assert "invalid --vs-currency: 'xyz': the synthetic market (--offline) is quoted in" in err
     assert not local_dir.exists()
+
+
+def test_execution_names_fit_step_functions_80_characters():
+    from local_mode.run_command import execution_name
+
+    stamp = "20261129T220016Z"
+    assert execution_name("daily", stamp) == f"daily-{stamp}"
+    long_id = "a" * 80
+    name = execution_name(long_id, stamp)
+    assert len(name) == 80 and name.endswith(f"-{stamp}") and name.startswith("a" * 63)

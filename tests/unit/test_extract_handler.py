@@ -445,3 +445,16 @@ def test_replay_of_the_recorded_pages(tmp_path, lake, shared_coingecko_dir):
     # no global.json in the directory: /global is the minimal body without totals
     global_body = json.loads(lake.get_bytes(out["global_key"]))
     assert global_body["data"]["total_market_cap"] == {}
+
+
+@pytest.mark.parametrize("name", ["snap@2024", "a+b", "Ünïcode", "run=1", "x" * 80])
+def test_an_execution_name_that_is_not_key_safe_gets_a_digest_run_id(server, lake, name):
+    """AWS allows execution names our keys cannot hold: with the snapshot id in the input, the
+    run id falls back to a digest of the execution id instead of failing the run."""
+    ev = event(snapshot_id="s", max_coins=10)
+    ev["execution"]["name"] = name
+    out = extract.run(ev, config=config_for(server), storage=lake)
+    expected = name if name == "x" * 80 else keys.run_id(name, ev["execution"]["id"])
+    assert out["run_id"] == expected
+    assert out["raw_prefix"].endswith(f"/snapshot=s/run={expected}/")
+    assert name == "x" * 80 or expected.startswith("x-")
