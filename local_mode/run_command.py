@@ -604,8 +604,10 @@ def _print_data_notes(o: Mapping[str, Any], out: TextIO) -> None:
     """Paging, dominance basis and quality lines: what a user must know about the data."""
     from functions.transform.handler import describe_failed_checks
 
-    if o.get("end_confirmed"):
-        print(f"  paging        ended by {o.get('stop_reason')} (confirmed)", file=out)
+    if o.get("stop_reason") == "max_coins":
+        print(f"  paging        stopped at max_coins ({o.get('max_coins')} coins asked)", file=out)
+    elif o.get("end_confirmed"):
+        print("  paging        to the end of the market (confirmed by an empty page)", file=out)
     else:
         why = o.get("paging_warning") or "the end of the market was not confirmed"
         print(f"  paging        ! {o.get('stop_reason')}: {why}", file=out)

@@ -153,6 +153,13 @@ class LocalWarehouse:
         """
         if self.running:
             return
+        if "'" in str(self.data_dir):
+            # fakesnow ATTACHes each database as '<path>' without escaping: the server would
+            # fail with a parser error only its log shows.
+            raise LocalWarehouseError(
+                f"the warehouse folder {self.data_dir} contains a single quote, which the local"
+                " emulator cannot open: use a --local-dir (or a clone) without one"
+            )
         try:
             self._check_dir()
             self._acquire_lock()

@@ -108,7 +108,15 @@ def _fmt(value: Any) -> str:
         if math.isfinite(value) and abs(value) >= 1e6:
             return f"{value:,.0f}"
         return f"{value:.6g}"
-    return str(value)
+    return _visible(str(value))
+
+
+def _visible(text: str) -> str:
+    """``text`` with control characters shown as escapes: data from CoinGecko must neither
+    break a table row (CR, LF) nor drive the user's terminal (ESC sequences)."""
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
 
 
 def print_table(columns: Sequence[str], rows: Sequence[Sequence[Any]], out: TextIO) -> None:

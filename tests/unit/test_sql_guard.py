@@ -171,3 +171,17 @@ def test_classify_does_not_log_sqlglot_warnings(caplog: pytest.LogCaptureFixture
     assert not [r for r in caplog.records if r.name.startswith("sqlglot")]
     # The sqlglot logger's own level is restored afterwards.
     assert logging.getLogger("sqlglot").level == logging.NOTSET
+
+
+def test_table_output_shows_control_characters_as_escapes():
+    import io
+
+    from local_mode.warehouse_commands import print_table
+
+    out = io.StringIO()
+    print_table(["NAME"], [("a\rb",), ("\x1b[31mred",), ("tab\there",), ("Ünï 🚀",)], out)
+    text = out.getvalue()
+    assert "\r" not in text and "\x1b" not in text and "\t" not in text
+    assert "a\\rb" in text and "\\x1b[31mred" in text and "tab\\there" in text
+    assert "Ünï 🚀" in text
+    assert text.count("\n") == 2 + 4 + 1  # header, rule, one line per row, the count

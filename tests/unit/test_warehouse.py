@@ -277,3 +277,10 @@ def test_a_folder_it_cannot_write_is_refused_before_the_server_starts(tmp_path: 
             wh.start()
         assert str(data_dir) in str(err.value) and "\n" not in str(err.value)
         assert not wh.running
+
+
+def test_a_folder_with_a_single_quote_is_refused_in_one_line(tmp_path):
+    from local_mode.warehouse import LocalWarehouse, LocalWarehouseError
+
+    with pytest.raises(LocalWarehouseError, match="single quote"):
+        LocalWarehouse(tmp_path / "o'dir" / "warehouse").start()
