@@ -1,7 +1,7 @@
 """A deterministic SYNTHETIC crypto market shaped like CoinGecko's ``/coins/markets``, ``/global``.
 
 Not real data: names, ids and numbers are generated from a seed (same seed, same bytes). The
-shape follows the recorded bodies in ``../shared/data/coingecko/markets_*.json``:
+shape follows CoinGecko's ``/coins/markets`` bodies as recorded from the live API:
 
 * the same 26 fields in the same order; ids unique; 1 in 80 coins reuses an earlier coin's
   symbol (a different id with the same symbol);
