@@ -270,12 +270,18 @@ def _day_step(seed: int, coin_id: str, day: int, sigma: float) -> float:
 
 
 def _walk(seed: int, coin_id: str, days: float, sigma: float) -> float:
-    """The coin's cumulative log-return ``days`` after ``DEFAULT_AS_OF`` (linear within a day)."""
+    """The coin's log-price offset ``days`` after ``DEFAULT_AS_OF``: the sum of its last
+    ``DRIFT_WINDOW`` daily steps (linear within a day). A moving sum, not a walk from day 0, so
+    the market stays as wide as the undrifted one however far ``as_of`` is, while consecutive
+    days share all but one step (day-to-day moves of about ``sigma``)."""
     whole = math.floor(days)
-    total = sum(_day_step(seed, coin_id, d, sigma) for d in range(max(0, whole)))
-    return total + (days - whole) * _day_step(seed, coin_id, whole, sigma)
+    window = sum(_day_step(seed, coin_id, d, sigma) for d in range(whole - DRIFT_WINDOW, whole))
+    entering = _day_step(seed, coin_id, whole, sigma)
+    leaving = _day_step(seed, coin_id, whole - DRIFT_WINDOW, sigma)
+    return window + (days - whole) * (entering - leaving)
 
 
+DRIFT_WINDOW = 30  # days of steps in a coin's offset: its spread is sigma * sqrt(30) ~ 0.33
 DRIFT_SIGMA = 0.06  # daily log-return of caps and prices (a lively crypto market)
 
 

@@ -43,3 +43,15 @@ def test_without_drift_the_market_ignores_the_time():
     assert [{k: v for k, v in c.items() if k not in strip} for c in later] == [
         {k: v for k, v in c.items() if k not in strip} for c in fixed
     ]
+
+
+def test_years_after_the_base_date_the_market_keeps_its_shape():
+    """A moving window of steps, not a walk from 2024: years later no coin has run away."""
+    from datetime import UTC, datetime
+
+    base = generate_markets(1000)
+    far = generate_markets(1000, drift=True, as_of=datetime(2026, 11, 29, 6, tzinfo=UTC))
+    total_base = sum(c["market_cap"] for c in base)
+    total_far = sum(c["market_cap"] for c in far)
+    assert 0.5 < total_far / total_base < 2
+    assert far[0]["market_cap"] / total_far < 0.7
