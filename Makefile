@@ -35,7 +35,7 @@ demo: $(STAMP)
 	@# Three snapshots over three simulated days (the synthetic market drifts with --as-of),
 	@# so the dashboard's history charts show movement; re-running replaces the same snapshots.
 	for d in 2 1 0; do \
-	  at=$$(date -u -d "-$$d days" +%Y-%m-%dT%H:%M:%SZ) && \
+	  at=$$($(BIN)/python -c 'import datetime as t, sys; print((t.datetime.now(t.UTC) - t.timedelta(days=int(sys.argv[1]))).strftime("%Y-%m-%dT%H:%M:%SZ"))' $$d) && \
 	  $(BIN)/crypto-etl run --offline --as-of "$$at" --snapshot-id "demo-$${at%%T*}" || exit 1; \
 	done
 	$(BIN)/crypto-etl show

@@ -1359,6 +1359,11 @@ def dashboard_cli(args: argparse.Namespace, out: TextIO) -> int:
     path = Path(args.out) if args.out else Path(args.local_dir) / "dashboard.html"
     if args.out and not path.parent.is_dir():
         raise ValidationError("--out", f"folder {path.parent} does not exist")
+    # The page replaces the file: only ever an .html file, never a directory or a system file.
+    if path.suffix.lower() not in (".html", ".htm"):
+        raise ValidationError("--out", f"{path} must name an .html file (it is overwritten)")
+    if path.exists() and not path.is_file():
+        raise ValidationError("--out", f"{path} exists and is not a regular file")
     try:
         page, payload = build_dashboard(args.local_dir, args.remote, args.vs_currency)
     except DashboardEmpty as exc:

@@ -314,8 +314,16 @@ def drifted(
             out["price_change_24h"] = out["current_price"] - out["current_price"] / ratio
             out["market_cap_change_percentage_24h"] = round(pct, 5)
             out["market_cap_change_24h"] = out["market_cap"] - out["market_cap"] / ratio
-        if out["ath"] is not None and out["current_price"] > out["ath"]:
-            out["ath"] = out["current_price"]
+        price, before = out["current_price"], out["current_price"] / ratio
+        if out["high_24h"] is not None:  # the day's range holds both ends of the 24h move
+            out["high_24h"] = _sig(max(out["high_24h"], price, before))
+            out["low_24h"] = _sig(min(out["low_24h"], price, before))
+        top = max(price, out["high_24h"] or price)
+        if out["ath"] is not None and top > out["ath"]:
+            out["ath"], out["ath_date"] = top, _iso(as_of)
+        bottom = min(price, out["low_24h"] or price)
+        if out["atl"] is not None and bottom < out["atl"]:
+            out["atl"], out["atl_date"] = bottom, _iso(as_of)
         if out["ath"]:
             out["ath_change_percentage"] = round((out["current_price"] / out["ath"] - 1) * 100, 5)
         if out["atl"]:

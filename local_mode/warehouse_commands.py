@@ -367,6 +367,7 @@ FROM ETL_RUNS
 ORDER BY LOADED_AT DESC, SNAPSHOT_ID DESC
 LIMIT {limit}
 """
+MAX_EXECUTION_SECONDS = 3600  # the state machine's TimeoutSeconds
 RUNS_HEADERS = [
     "LOADED_AT", "STATUS", "SNAPSHOT_ID", "VS_CURRENCY", "COINS", "ROWS", "INSERTED",
     "REPLACED", "REJECTED", "DURATION_S", "EXECUTION", "NOTE",
@@ -404,9 +405,13 @@ def runs_rows(rows: Sequence[Sequence[Any]]) -> list[tuple[Any, ...]]:
     for loaded, status, snap, cur, coins, n, ins, rep, rej, fetched, execution, quality in rows:
         rebuilt = _rebuilt(quality)
         duration = None
+        note = "rebuilt from the lake" if rebuilt else ""
         if not rebuilt and isinstance(loaded, datetime) and isinstance(fetched, datetime):
             duration = round((loaded - fetched).total_seconds(), 1)
-        note = "rebuilt from the lake" if rebuilt else ""
+            # An execution ends within the state machine's 3600 s: a fetch time outside that
+            # was simulated (crypto-etl run --offline --as-of), not measured.
+            if not 0 <= duration <= MAX_EXECUTION_SECONDS:
+                duration, note = None, "simulated fetch time (--as-of)"
         result.append(
             (loaded, status, snap, cur, coins, n, ins, rep, rej, duration,
              _execution_name(execution), note)

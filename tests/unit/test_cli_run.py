@@ -242,3 +242,17 @@ def test_execution_names_fit_step_functions_80_characters():
     long_id = "a" * 80
     name = execution_name(long_id, stamp)
     assert len(name) == 80 and name.endswith(f"-{stamp}") and name.startswith("a" * 63)
+
+
+def test_runs_does_not_report_a_simulated_fetch_time_as_a_duration():
+    from datetime import UTC, datetime, timedelta
+
+    from local_mode.warehouse_commands import runs_rows
+
+    loaded = datetime(2026, 11, 29, 22, 0, tzinfo=UTC)
+    row = ("SUCCEEDED", "s", "usd", 10, 10, 10, 0, 0)
+    real = (loaded, *row, loaded - timedelta(seconds=12), "arn:x:exec-1", None)
+    simulated = (loaded, *row, loaded - timedelta(days=2), "arn:x:exec-2", None)
+    got = runs_rows([real, simulated])
+    assert got[0][9] == 12.0 and got[0][11] == ""
+    assert got[1][9] is None and "simulated" in got[1][11]

@@ -421,3 +421,17 @@ def test_out_in_a_missing_folder_is_refused_before_querying(tmp_path: Path, caps
     assert code == 2
     assert "--out" in capsys.readouterr().err
     assert not (tmp_path / "warehouse").exists()  # refused before starting the warehouse
+
+
+@pytest.mark.parametrize("name", ["passwd", "page.txt", "dir.html"])
+def test_out_never_replaces_anything_but_an_html_file(tmp_path: Path, capsys, name):
+    target = tmp_path / name
+    if name == "dir.html":
+        target.mkdir()
+    else:
+        target.write_text("keep me")
+    code = main(["--local-dir", str(tmp_path), "dashboard", "--out", str(target)])
+    assert code == 2
+    assert "--out" in capsys.readouterr().err
+    assert name == "dir.html" or target.read_text() == "keep me"
+    assert not (tmp_path / "warehouse").exists()

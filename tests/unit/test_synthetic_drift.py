@@ -55,3 +55,15 @@ def test_years_after_the_base_date_the_market_keeps_its_shape():
     total_far = sum(c["market_cap"] for c in far)
     assert 0.5 < total_far / total_base < 2
     assert far[0]["market_cap"] / total_far < 0.7
+
+
+def test_drifted_coins_stay_inside_their_all_time_range():
+    from datetime import UTC, datetime
+
+    far = generate_markets(1000, drift=True, as_of=datetime(2026, 11, 29, 6, tzinfo=UTC))
+    for c in far:
+        if c["ath"] is not None:
+            assert c["atl"] <= c["current_price"] <= c["ath"], c["id"]
+        if c["high_24h"] is not None:
+            assert c["low_24h"] <= c["current_price"] <= c["high_24h"], c["id"]
+            assert c["high_24h"] <= c["ath"] and c["low_24h"] >= c["atl"], c["id"]
