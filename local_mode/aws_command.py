@@ -26,6 +26,7 @@ from typing import Any, TextIO
 
 from functions.common.errors import ConfigError, ValidationError
 from functions.common.keys import validate_snapshot_id
+from local_mode.run_command import error_message, plural
 
 DEFAULT_STACK_NAME = "CryptoEtl"
 STATE_MACHINE_OUTPUT = "StateMachineArn"
@@ -224,34 +225,17 @@ def _history(sfn: Any, arn: str) -> list[dict[str, Any]]:
     return events
 
 
-def _error_message(cause: str | None) -> str | None:
-    """Lambda's cause is JSON with ``errorMessage``; other causes are kept as they are."""
-    if not cause:
-        return cause
-    try:
-        parsed = json.loads(cause)
-    except json.JSONDecodeError:
-        return cause
-    if isinstance(parsed, dict) and "errorMessage" in parsed:
-        return str(parsed["errorMessage"])
-    return cause
-
-
-def _plural(n: object, word: str, plural: str | None = None) -> str:
-    return f"{n} {word}" if n == 1 else f"{n} {plural or word + 's'}"
-
-
 def _state_summary(state: str, o: Mapping[str, Any]) -> str:
     if state == "Extract":
         return (
-            f"{_plural(o.get('coin_count'), 'coin')}, {_plural(o.get('pages'), 'page')}, "
-            f"{_plural(o.get('api_calls'), 'API call')}, "
-            f"{_plural(o.get('retries'), 'retry', 'retries')}"
+            f"{plural(o.get('coin_count'), 'coin')}, {plural(o.get('pages'), 'page')}, "
+            f"{plural(o.get('api_calls'), 'API call')}, "
+            f"{plural(o.get('retries'), 'retry', 'retries')}"
         )
     if state == "Transform":
         return (
-            f"{_plural(o.get('row_count'), 'row')}, {o.get('rejected_count')} rejected, "
-            f"{_plural(o.get('duplicate_count'), 'duplicate')}"
+            f"{plural(o.get('row_count'), 'row')}, {o.get('rejected_count')} rejected, "
+            f"{plural(o.get('duplicate_count'), 'duplicate')}"
         )
     if state == "Load":
         return (
@@ -315,7 +299,7 @@ class _Progress:
                 "lambdaFunctionFailedEventDetails", {}
             )
             state = _state_of(ev, by_id) or "?"
-            msg = _one_line(_error_message(details.get("cause")) or "")
+            msg = _one_line(error_message(details.get("cause")) or "")
             return f"✗ {state}: {details.get('error')}: {msg}"
         return None
 
@@ -412,7 +396,7 @@ def run_on_aws(
     if status in ENDED and status != "SUCCEEDED":
         result.failed_state = _failed_state(history)
         result.error = desc.get("error")
-        result.cause = _error_message(desc.get("cause"))
+        result.cause = error_message(desc.get("cause"))
     return result
 
 
@@ -431,17 +415,17 @@ def print_result(result: AwsRunResult, timeout_s: float, out: TextIO) -> None:
     c = result.counts
     if result.status == "SUCCEEDED":
         print(
-            f"  coins fetched {c.get('coin_count')} ({_plural(c.get('pages'), 'page')}, "
-            f"{_plural(c.get('api_calls'), 'API call')}, "
-            f"{_plural(c.get('retries'), 'retry', 'retries')})",
+            f"  coins fetched {c.get('coin_count')} ({plural(c.get('pages'), 'page')}, "
+            f"{plural(c.get('api_calls'), 'API call')}, "
+            f"{plural(c.get('retries'), 'retry', 'retries')})",
             file=out,
         )
         replaced = c.get("rows_replaced")
         print(
-            f"  rows          {_plural(c.get('row_count'), 'row')} for the snapshot "
+            f"  rows          {plural(c.get('row_count'), 'row')} for the snapshot "
             f"({f'replacing {replaced}' if replaced else 'new'}), "
             f"{c.get('rejected_count')} rejected, "
-            f"{_plural(c.get('duplicate_count'), 'duplicate')}",
+            f"{plural(c.get('duplicate_count'), 'duplicate')}",
             file=out,
         )
         o = result.output or {}

@@ -128,7 +128,7 @@ def execution_name(snapshot_id: str, stamp: str) -> str:
     return f"{snapshot_id[:room].rstrip('-_.')}-{stamp}"
 
 
-def _error_message(cause: str | None) -> str | None:
+def error_message(cause: str | None) -> str | None:
     """Lambda's cause is a JSON object with errorMessage; fall back to the raw text."""
     if not cause:
         return None
@@ -356,7 +356,7 @@ class _Progress:
                 self.line(f"✓ {ev.state} {took}  {_state_summary(ev.state, ev.detail)}")
             elif ev.kind == "failed":
                 self._took(ev.state, ev.timestamp)
-                msg = _error_message(ev.detail.get("cause")) or ""
+                msg = error_message(ev.detail.get("cause")) or ""
                 self.line(f"✗ {ev.state}: {ev.detail.get('error')}: {msg}")
 
 
@@ -543,7 +543,7 @@ def run_pipeline(opts: RunOptions, out: TextIO | None = None) -> RunReport:
         output=result.output,
         failed_state=result.failed_state,
         error=result.error,
-        error_message=_error_message(result.cause),
+        error_message=error_message(result.cause),
         alerts=result.alerts,
         lake_dir=prepared.lake_dir,
         warehouse_dir=prepared.warehouse_dir,

@@ -55,7 +55,7 @@ import random
 import socket
 import ssl
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC
 from email.utils import parsedate_to_datetime
@@ -117,12 +117,9 @@ def is_retryable_status(status: int) -> bool:
     return status in (408, 429) or 500 <= status <= 599
 
 
-def is_tls_eof(exc: BaseException) -> bool:
-    """True when a TLS error is the peer closing the connection early (transient).
-
-    Looks through the causes requests and urllib3 wrap around it (``args[0]``, ``.reason``,
-    ``__cause__``, ``__context__``) for ``ssl.SSLEOFError`` or OpenSSL's texts for it.
-    """
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and every exception requests and urllib3 wrap around it (``args[0]``,
+    ``.reason``, ``__cause__``, ``__context__``), each once."""
     seen: set[int] = set()
     todo: list[BaseException] = [exc]
     while todo:
@@ -130,10 +127,7 @@ def is_tls_eof(exc: BaseException) -> bool:
         if id(inner) in seen:
             continue
         seen.add(id(inner))
-        if isinstance(inner, ssl.SSLEOFError):
-            return True
-        if any(marker in str(inner) for marker in _TLS_EOF_MARKERS):
-            return True
+        yield inner
         for nested in (
             getattr(inner, "reason", None),
             inner.args[0] if inner.args else None,
@@ -142,33 +136,25 @@ def is_tls_eof(exc: BaseException) -> bool:
         ):
             if isinstance(nested, BaseException):
                 todo.append(nested)
-    return False
+
+
+def is_tls_eof(exc: BaseException) -> bool:
+    """True when a TLS error is the peer closing the connection early (transient): among its
+    causes, ``ssl.SSLEOFError`` or OpenSSL's texts for it."""
+    return any(
+        isinstance(inner, ssl.SSLEOFError)
+        or any(marker in str(inner) for marker in _TLS_EOF_MARKERS)
+        for inner in _causes(exc)
+    )
 
 
 def is_name_resolution_error(exc: BaseException) -> bool:
-    """True when a connection failed because the host name did not resolve (DNS).
-
-    Looks through the causes requests and urllib3 wrap around it (``args[0]``, ``.reason``,
-    ``__cause__``, ``__context__``) for urllib3's ``NameResolutionError`` or ``socket.gaierror``.
-    """
-    seen: set[int] = set()
-    todo: list[BaseException] = [exc]
-    while todo:
-        inner = todo.pop()
-        if id(inner) in seen:
-            continue
-        seen.add(id(inner))
-        if isinstance(inner, urllib3.exceptions.NameResolutionError | socket.gaierror):
-            return True
-        for nested in (
-            getattr(inner, "reason", None),
-            inner.args[0] if inner.args else None,
-            inner.__cause__,
-            inner.__context__,
-        ):
-            if isinstance(nested, BaseException):
-                todo.append(nested)
-    return False
+    """True when a connection failed because the host name did not resolve (DNS): among its
+    causes, urllib3's ``NameResolutionError`` or ``socket.gaierror``."""
+    return any(
+        isinstance(inner, urllib3.exceptions.NameResolutionError | socket.gaierror)
+        for inner in _causes(exc)
+    )
 
 
 def parse_retry_after(value: str | None, now: float) -> float | None:
