@@ -26,7 +26,7 @@ from typing import Any, TextIO
 
 from functions.common.errors import ConfigError, ValidationError
 from functions.common.keys import validate_snapshot_id
-from local_mode.run_command import error_message, plural
+from local_mode.run_command import error_message, plural, state_summary
 
 DEFAULT_STACK_NAME = "CryptoEtl"
 STATE_MACHINE_OUTPUT = "StateMachineArn"
@@ -225,26 +225,6 @@ def _history(sfn: Any, arn: str) -> list[dict[str, Any]]:
     return events
 
 
-def _state_summary(state: str, o: Mapping[str, Any]) -> str:
-    if state == "Extract":
-        return (
-            f"{plural(o.get('coin_count'), 'coin')}, {plural(o.get('pages'), 'page')}, "
-            f"{plural(o.get('api_calls'), 'API call')}, "
-            f"{plural(o.get('retries'), 'retry', 'retries')}"
-        )
-    if state == "Transform":
-        return (
-            f"{plural(o.get('row_count'), 'row')}, {o.get('rejected_count')} rejected, "
-            f"{plural(o.get('duplicate_count'), 'duplicate')}"
-        )
-    if state == "Load":
-        return (
-            f"{o.get('rows_inserted')} inserted, {o.get('rows_replaced')} replaced "
-            f"in {o.get('table')}"
-        )
-    return ""
-
-
 def _state_of(ev: Mapping[str, Any], by_id: Mapping[int, Mapping[str, Any]]) -> str | None:
     cur: Mapping[str, Any] | None = ev
     while cur is not None:
@@ -293,7 +273,7 @@ class _Progress:
             took = ""
             if name in self.entered:
                 took = f" {(ev['timestamp'] - self.entered[name]).total_seconds():.1f}s"
-            return f"✓ {name}{took}  {_state_summary(name, o)}"
+            return f"✓ {name}{took}  {state_summary(name, o)}"
         if etype in ("TaskFailed", "LambdaFunctionFailed"):
             details = ev.get("taskFailedEventDetails") or ev.get(
                 "lambdaFunctionFailedEventDetails", {}

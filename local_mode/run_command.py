@@ -353,7 +353,7 @@ class _Progress:
                 self.enter(ev.state)
             elif ev.kind == "exited" and "error" not in ev.detail:
                 took = self._took(ev.state, ev.timestamp)
-                self.line(f"✓ {ev.state} {took}  {_state_summary(ev.state, ev.detail)}")
+                self.line(f"✓ {ev.state} {took}  {state_summary(ev.state, ev.detail)}")
             elif ev.kind == "failed":
                 self._took(ev.state, ev.timestamp)
                 msg = error_message(ev.detail.get("cause")) or ""
@@ -570,7 +570,8 @@ def _table_after(o: Mapping[str, Any]) -> str:
     return text
 
 
-def _state_summary(state: str, out: Mapping[str, Any]) -> str:
+def state_summary(state: str, out: Mapping[str, Any]) -> str:
+    """The counts after ``✓ State`` in progress lines (the state's output ``out``)."""
     if state == "Extract":
         return (
             f"{plural(out.get('coin_count'), 'coin')}, {plural(out.get('pages'), 'page')}, "
