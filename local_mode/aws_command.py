@@ -26,18 +26,21 @@ from typing import Any, TextIO
 
 from functions.common.errors import ConfigError, ValidationError
 from functions.common.keys import validate_snapshot_id
-from local_mode.run_command import error_message, plural, state_summary
+from local_mode.run_command import (
+    TASK_STATES,
+    error_message,
+    execution_name,
+    plural,
+    state_summary,
+    warehouse_after_failure,
+)
 
 DEFAULT_STACK_NAME = "CryptoEtl"
 STATE_MACHINE_OUTPUT = "StateMachineArn"
 # The state machine's own TimeoutSeconds (state_machine/definition.asl.json): by then it has ended.
 DEFAULT_TIMEOUT_SECONDS = 3600.0
 DEFAULT_POLL_SECONDS = 2.0
-# Step Functions execution names: 1-80 characters
-# (https://docs.aws.amazon.com/step-functions/latest/apireference/API_StartExecution.html).
-MAX_EXECUTION_NAME = 80
 ENDED = ("SUCCEEDED", "FAILED", "TIMED_OUT", "ABORTED")
-PIPELINE_STATES = ("Extract", "Transform", "Load")
 # Output fields worth a script's attention (the rest stays in ``output``).
 COUNT_FIELDS = (
     "coin_count",
@@ -152,7 +155,7 @@ def execution_plan(
         sid = name = f"snap-{stamp}"
     else:
         sid = validate_snapshot_id(chosen, field="--input snapshot_id")
-        name = f"{sid[: MAX_EXECUTION_NAME - len(stamp) - 1]}-{stamp}"
+        name = execution_name(sid, stamp)
     data["snapshot_id"] = sid
     return name, data
 
@@ -256,7 +259,7 @@ class _Progress:
         if etype.endswith("StateEntered"):
             name = ev["stateEnteredEventDetails"]["name"]
             self.entered[name] = ev["timestamp"]
-            if name in PIPELINE_STATES:
+            if name in TASK_STATES:
                 return f"▶ {name} …"
             if name == "Notify failure":
                 return "  → publishing the failure alert to the SNS topic"
@@ -268,7 +271,7 @@ class _Progress:
                 o = json.loads(details.get("output") or "null")
             except json.JSONDecodeError:
                 o = None
-            if name not in PIPELINE_STATES or not isinstance(o, dict) or "error" in o:
+            if name not in TASK_STATES or not isinstance(o, dict) or "error" in o:
                 return None
             took = ""
             if name in self.entered:
@@ -414,11 +417,8 @@ def print_result(result: AwsRunResult, timeout_s: float, out: TextIO) -> None:
     elif result.status in ENDED:
         print(f"  failed state  {result.failed_state}", file=out)
         print(f"  error         {result.error}: {_one_line(result.cause or '')}", file=out)
-        # What the load's all-or-nothing transaction guarantees (README, "When it fails").
-        if "UNKNOWN" in (result.cause or ""):
-            print("  warehouse     outcome unknown: check ETL_RUNS (a re-run is safe)", file=out)
-        elif result.failed_state in PIPELINE_STATES:
-            print("  warehouse     unchanged (the load is all-or-nothing)", file=out)
+        if (after := warehouse_after_failure(result.failed_state, result.cause)) is not None:
+            print(f"  warehouse     {after}", file=out)
     else:
         print(
             "  follow it     aws stepfunctions describe-execution --execution-arn "

@@ -118,7 +118,8 @@ def _utc_stamp() -> str:
     return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
 
 
-# Step Functions execution names are at most 80 characters (StartExecution's ``name``).
+# Step Functions execution names: 1-80 characters
+# (https://docs.aws.amazon.com/step-functions/latest/apireference/API_StartExecution.html).
 MAX_EXECUTION_NAME = 80
 
 
@@ -570,6 +571,20 @@ def _table_after(o: Mapping[str, Any]) -> str:
     return text
 
 
+def warehouse_after_failure(failed_state: str | None, message: str | None) -> str | None:
+    """What a failed execution left in the warehouse, from the Load's own words: unchanged
+    (the load is all-or-nothing), committed (only the lake's index failed after COMMIT), or
+    unknown (COMMIT's reply was lost and could not be checked); None outside the task states."""
+    text = message or ""
+    if "UNKNOWN" in text:
+        return "outcome unknown: check ETL_RUNS (a re-run is safe)"
+    if "COMMITTED" in text:
+        return "committed (only the lake's snapshot index lags: re-run the snapshot)"
+    if failed_state in TASK_STATES:
+        return "unchanged (the load is all-or-nothing)"
+    return None
+
+
 def state_summary(state: str, out: Mapping[str, Any]) -> str:
     """The counts after ``✓ State`` in progress lines (the state's output ``out``)."""
     if state == "Extract":
@@ -665,10 +680,10 @@ def print_summary(report: RunReport, out: TextIO) -> None:
         print(f"  failed state  {report.failed_state}", file=out)
         print(f"  error         {report.error}: {report.error_message}", file=out)
         print(f"  alerts sent   {len(report.alerts)} (SNS topic crypto-etl-alerts)", file=out)
-        if "UNKNOWN" in (report.error_message or ""):
-            print("  warehouse     outcome unknown: check ETL_RUNS (a re-run is safe)", file=out)
-        elif report.failed_state in TASK_STATES:
-            print("  warehouse     unchanged (the load is all-or-nothing)", file=out)
+        if (
+            after := warehouse_after_failure(report.failed_state, report.error_message)
+        ) is not None:
+            print(f"  warehouse     {after}", file=out)
     if report.replay is not None:
         print(f"  replay        {_replay_line(report.replay)}", file=out)
     print(f"  lake          {report.lake_dir}", file=out)

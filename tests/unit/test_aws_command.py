@@ -300,4 +300,4 @@ def test_execution_plan_names_and_snapshot_ids():
     long_id = "x" * 80
     name, data = aws_command.execution_plan(long_id, None)
     assert data["snapshot_id"] == long_id
-    assert len(name) == aws_command.MAX_EXECUTION_NAME
+    assert len(name) == 80  # Step Functions' limit on execution names

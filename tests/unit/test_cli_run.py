@@ -256,3 +256,13 @@ def test_runs_does_not_report_a_simulated_fetch_time_as_a_duration():
     got = runs_rows([real, simulated])
     assert got[0][9] == 12.0 and got[0][11] == ""
     assert got[1][9] is None and "simulated" in got[1][11]
+
+
+def test_the_summary_says_what_a_failure_left_in_the_warehouse():
+    from local_mode.run_command import warehouse_after_failure
+
+    assert warehouse_after_failure("Extract", "boom") == "unchanged (the load is all-or-nothing)"
+    assert "unknown" in warehouse_after_failure("Load", "its outcome is UNKNOWN …")
+    committed = "the warehouse COMMITTED snapshot s (run r, 3 rows …), but the lake's snapshot index"
+    assert warehouse_after_failure("Load", committed).startswith("committed")
+    assert warehouse_after_failure(None, None) is None
