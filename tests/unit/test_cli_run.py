@@ -263,6 +263,6 @@ def test_the_summary_says_what_a_failure_left_in_the_warehouse():
 
     assert warehouse_after_failure("Extract", "boom") == "unchanged (the load is all-or-nothing)"
     assert "unknown" in warehouse_after_failure("Load", "its outcome is UNKNOWN …")
-    committed = "the warehouse COMMITTED snapshot s (run r, 3 rows …), but the lake's snapshot index"
+    committed = "the warehouse COMMITTED snapshot s (run r, 3 rows), but the snapshot index …"
     assert warehouse_after_failure("Load", committed).startswith("committed")
     assert warehouse_after_failure(None, None) is None
