@@ -48,7 +48,7 @@ _POWERTOOLS = "aws-lambda-powertools==3.37.0"
 REQUIREMENTS: dict[str, tuple[str, ...]] = {
     "extract": ("requests==2.34.2", _POWERTOOLS),
     # pandas (and numpy) come from the AWS SDK for pandas layer, not from this bundle.
-    "transform": (_POWERTOOLS,),
+    "transform": ("orjson==3.13.0", _POWERTOOLS),
     "load": ("snowflake-connector-python==4.8.1", _POWERTOOLS),
 }
 

@@ -17,7 +17,11 @@ arrive as strings, values from ``cdk.json`` as JSON types: every reader accepts 
 * ``alert_email`` (empty): e-mail subscription of the alert topic.
 * ``schedule`` (empty = none): EventBridge Scheduler expression, e.g. ``rate(6 hours)``;
   ``execution_input`` (JSON object): the input of scheduled executions.
-* ``coingecko_api_plan`` (public), ``coingecko_max_retry_wait_seconds`` (empty).
+  Its ``max_coins`` is an integer (1-100000) or ``"all"`` (the whole market, through the
+  extract's deadline loop).
+* ``coingecko_api_plan`` (public), ``coingecko_max_retry_wait_seconds`` (empty),
+  ``coingecko_rate_limit`` (empty = the plan's default budget; ``N/W`` = N calls per W seconds;
+  ``off``): the extract's client-side pacing (``COINGECKO_RATE_LIMIT``).
 * ``snowflake_database`` / ``snowflake_schema`` (CRYPTO_ETL_DB / PUBLIC);
   ``snowflake_warehouse`` / ``snowflake_role`` (empty: the secret's or the user's defaults).
 """
@@ -47,6 +51,7 @@ DEFAULTS: dict[str, Any] = {
     "execution_input": {},
     "coingecko_api_plan": "public",
     "coingecko_max_retry_wait_seconds": "",
+    "coingecko_rate_limit": "",
     "snowflake_database": "CRYPTO_ETL_DB",
     "snowflake_schema": "PUBLIC",
     "snowflake_warehouse": "",
@@ -65,6 +70,7 @@ _SCHEDULE_RE = re.compile(
 _EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 _SNOWFLAKE_IDENT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]{0,254}$")
 _VERSION_RE = re.compile(r"^\d+\.\d+\.\d+$")
+_RATE_LIMIT_RE = re.compile(r"^(off|[1-9]\d*/(\d+(\.\d+)?))$")
 _LAYER_ARN_RE = re.compile(r"^arn:aws[a-z-]*:lambda:[a-z0-9-]+:\d{12}:layer:[A-Za-z0-9_-]+:\d+$")
 
 # The public parameters AWS SDK for pandas publishes in every region it has layers in:
@@ -174,6 +180,7 @@ class Settings:
     execution_input: dict[str, Any] = field(default_factory=dict)
     coingecko_api_plan: str = "public"
     coingecko_max_retry_wait_seconds: str = ""
+    coingecko_rate_limit: str = ""
     snowflake_database: str = "CRYPTO_ETL_DB"
     snowflake_schema: str = "PUBLIC"
     snowflake_warehouse: str = ""
@@ -244,6 +251,25 @@ def settings_from_context(get: Any) -> Settings:
     if retry_wait:
         retry_wait = str(_as_int("coingecko_max_retry_wait_seconds", retry_wait, 0))
 
+    rate_limit = _as_str(value("coingecko_rate_limit")).strip().lower()
+    if rate_limit and (
+        not _RATE_LIMIT_RE.match(rate_limit)
+        or (rate_limit != "off" and float(rate_limit.split("/")[1]) <= 0)
+    ):
+        raise ContextError(
+            "coingecko_rate_limit",
+            f"{rate_limit!r} must be N/W (N calls per W seconds, e.g. 30/60), off, or empty",
+        )
+    execution_input = _as_json_object("execution_input", value("execution_input"))
+    max_coins = execution_input.get("max_coins")
+    if max_coins is not None and not (
+        max_coins == "all"
+        or (isinstance(max_coins, int) and not isinstance(max_coins, bool) and max_coins >= 1)
+    ):
+        raise ContextError(
+            "execution_input", f'max_coins {max_coins!r} must be an integer >= 1 or "all"'
+        )
+
     return Settings(
         stack_name=stack_name,
         bundling=_as_bool("bundling", value("bundling")),
@@ -262,9 +288,10 @@ def settings_from_context(get: Any) -> Settings:
         log_level=log_level,
         alert_email=email,
         schedule=schedule,
-        execution_input=_as_json_object("execution_input", value("execution_input")),
+        execution_input=execution_input,
         coingecko_api_plan=plan,
         coingecko_max_retry_wait_seconds=retry_wait,
+        coingecko_rate_limit=rate_limit,
         snowflake_database=_identifier(
             "snowflake_database", value("snowflake_database"), optional=False
         ),

@@ -37,9 +37,10 @@ SERVICE_PREFIX = "crypto-etl"
 # Lake prefixes each function may read (GetObject) and write (PutObject); ListBucket is limited
 # to their union. snapshots/ holds one index per snapshot (partition date, run loaded): extract
 # reads it to reuse the snapshot's date and creates it on the first run; load switches it to the
-# loaded run after COMMIT. Nobody may delete.
+# loaded run after COMMIT. Extract reads raw/ for its own progress.json (the pages fetched by the
+# run's earlier invocations of the deadline loop). Nobody may delete.
 LAKE_ACCESS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "extract": ((SNAPSHOTS,), (RAW, SNAPSHOTS)),
+    "extract": ((RAW, SNAPSHOTS), (RAW, SNAPSHOTS)),
     "transform": ((RAW,), (PROCESSED, REJECTED)),
     "load": ((PROCESSED, SNAPSHOTS), (SNAPSHOTS,)),
 }
@@ -160,6 +161,11 @@ class PipelineFunctions(Construct):
                 **(
                     {"COINGECKO_MAX_RETRY_WAIT_SECONDS": settings.coingecko_max_retry_wait_seconds}
                     if settings.coingecko_max_retry_wait_seconds
+                    else {}
+                ),
+                **(
+                    {"COINGECKO_RATE_LIMIT": settings.coingecko_rate_limit}
+                    if settings.coingecko_rate_limit
                     else {}
                 ),
             },

@@ -258,6 +258,8 @@ class _Progress:
         etype = ev["type"]
         if etype.endswith("StateEntered"):
             name = ev["stateEnteredEventDetails"]["name"]
+            if name in TASK_STATES and name in self.entered:
+                return None  # the extract's deadline loop: the state goes on
             self.entered[name] = ev["timestamp"]
             if name in TASK_STATES:
                 return f"▶ {name} …"
@@ -273,6 +275,12 @@ class _Progress:
                 o = None
             if name not in TASK_STATES or not isinstance(o, dict) or "error" in o:
                 return None
+            if name == "Extract" and o.get("done") is False:
+                return (
+                    f"    ↺ invocation {o.get('invocations')} stopped before page"
+                    f" {o.get('next_page')} (Lambda deadline) with"
+                    f" {plural(o.get('pages'), 'page')}; Extract continues"
+                )
             took = ""
             if name in self.entered:
                 took = f" {(ev['timestamp'] - self.entered[name]).total_seconds():.1f}s"
@@ -292,7 +300,8 @@ def _failed_state(history: list[dict[str, Any]]) -> str | None:
     by_id = {e["id"]: e for e in history}
     for ev in reversed(history):
         details = ev.get("stateExitedEventDetails")
-        if details and details.get("name", "").endswith(" failed"):
+        name = (details or {}).get("name", "")
+        if details and (name.endswith(" failed") or name == "Extract result invalid"):
             try:
                 o = json.loads(details.get("output") or "null")
             except json.JSONDecodeError:

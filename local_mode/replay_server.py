@@ -45,10 +45,15 @@ Fault injection for tests (checked in this order for every request):
    connection without answering). Its ``Content-Type``/``Content-Length`` headers replace the
    server's; a scripted ``Content-Length`` also closes the connection after the body, so one
    larger than the body is a body cut off mid-way.
-2. rate limit: :meth:`ReplayServer.rate_limit` (N requests per sliding window of W seconds)
-   answers 429 with ``Retry-After`` (whole seconds until a slot frees) and CoinGecko's body.
+2. rate limit: :meth:`ReplayServer.rate_limit` (N requests per W seconds) answers 429 with
+   ``Retry-After`` (whole seconds, at least 1) and CoinGecko's body. Two ways of counting:
+   ``mode="sliding"`` (default): at most N in any W seconds, ``Retry-After`` until a slot
+   frees; ``mode="fixed"``, as most API gateways count: a window opens at the first request
+   (after the previous one ended), admits N requests, and ``Retry-After`` runs until it ends.
    Only requests answered by the source count against the window (not the 429s, not the
-   scripted replies), so waiting ``Retry-After`` always gets a request through.
+   scripted replies), so waiting ``Retry-After`` always gets a request through. The 429s the
+   limit sent are counted (:attr:`ReplayServer.rate_limited`) and marked on the recorded
+   requests (``RecordedRequest.rate_limited``): "429s provoked".
 3. the source.
 
 Every request is recorded (:attr:`ReplayServer.requests`: path, query, headers, page, status,
@@ -58,7 +63,8 @@ An exception while answering (a bug, an odd recording) is answered with HTTP 500
 ``{"error": "replay server: <exception>"}`` instead of dropping the connection.
 
 Run it by hand: ``python -m local_mode.replay_server --coins 1000`` or
-``python -m local_mode.replay_server --replay DIR [--port 8080] [--rate-limit 30/60]``.
+``python -m local_mode.replay_server --replay DIR [--port 8080] [--rate-limit 30/60]
+[--rate-limit-mode fixed]``.
 """
 
 from __future__ import annotations
@@ -168,6 +174,7 @@ class RecordedRequest:
     page: int | None
     status: int | None
     from_source: bool = False  # answered by the source (not a script, a 429 or a 500 of ours)
+    rate_limited: bool = False  # a 429 sent by the rate limit (not a scripted one)
 
 
 class MarketSource:
@@ -342,6 +349,9 @@ def _read_recording(path: Path, field: str) -> bytes:
         raise ValidationError(field, f"cannot read {path}: {exc.strerror or exc}") from exc
 
 
+RATE_LIMIT_MODES = ("sliding", "fixed")
+
+
 class _RateLimiter:
     """N served requests per sliding window of ``window`` seconds."""
 
@@ -361,6 +371,30 @@ class _RateLimiter:
         if len(self._served) >= self.limit:
             return max(1, math.ceil(self._served[0] + self.window - now))
         self._served.append(now)
+        return None
+
+
+class _FixedWindowLimiter:
+    """N served requests per fixed window of ``window`` seconds, opened by the first request
+    after the previous window ended (as API gateways count)."""
+
+    def __init__(self, limit: int, window: float, clock: Callable[[], float]) -> None:
+        if limit < 1 or window <= 0:
+            raise ValueError("rate limit needs limit >= 1 and window > 0")
+        self.limit = limit
+        self.window = window
+        self._clock = clock
+        self._start: float | None = None
+        self._count = 0
+
+    def check(self) -> int | None:
+        """None if the request may be served (and count it), else the Retry-After seconds."""
+        now = self._clock()
+        if self._start is None or now >= self._start + self.window:
+            self._start, self._count = now, 0
+        if self._count >= self.limit:
+            return max(1, math.ceil(self._start + self.window - now))
+        self._count += 1
         return None
 
 
@@ -389,9 +423,9 @@ class _Handler(BaseHTTPRequestHandler):
         endpoint = parts.path[len(API_PREFIX) :] if parts.path.startswith(API_PREFIX) else ""
         endpoint = endpoint.rstrip("/") or endpoint
         page = _int_param(query, "page", 1) if endpoint == "/coins/markets" else None
-        from_source = False
+        from_source = limited = False
         try:
-            reply, from_source = replay._respond(endpoint, query, page)
+            reply, from_source, limited = replay._respond(endpoint, query, page)
         except Exception as exc:  # a bug or a bad recording: answer, do not drop the connection
             reply = Reply(
                 500, _json_bytes({"error": f"replay server: {type(exc).__name__}: {exc}"})
@@ -407,6 +441,7 @@ class _Handler(BaseHTTPRequestHandler):
                 page=page,
                 status=None if isinstance(reply, Scripted) else reply.status,
                 from_source=from_source,
+                rate_limited=limited,
             )
         )
         if isinstance(reply, Scripted):  # close the connection without answering
@@ -459,7 +494,8 @@ class ReplayServer:
         self._clock = clock
         self._lock = threading.Lock()
         self._scripts: dict[tuple[str, int | None], deque[Scripted]] = {}
-        self._limiter: _RateLimiter | None = None
+        self._limiter: _RateLimiter | _FixedWindowLimiter | None = None
+        self._rate_limited = 0
         self._requests: list[RecordedRequest] = []
         self._stopping = threading.Event()
         self._server: _Server | None = None
@@ -541,12 +577,24 @@ class ReplayServer:
         with self._lock:
             return sum(len(q) for q in self._scripts.values())
 
-    def rate_limit(self, limit: int | None, window_seconds: float = 60.0) -> None:
-        """Allow ``limit`` requests per ``window_seconds`` (None removes the limit)."""
+    def rate_limit(
+        self, limit: int | None, window_seconds: float = 60.0, *, mode: str = "sliding"
+    ) -> None:
+        """Allow ``limit`` requests per ``window_seconds`` (None removes the limit), counted in
+        a ``"sliding"`` or ``"fixed"`` window (see the module docstring); ValueError otherwise.
+        Resets the count of :attr:`rate_limited`."""
+        if mode not in RATE_LIMIT_MODES:
+            raise ValueError(f"rate limit mode {mode!r} must be one of {RATE_LIMIT_MODES}")
+        kind = _FixedWindowLimiter if mode == "fixed" else _RateLimiter
         with self._lock:
-            self._limiter = (
-                None if limit is None else _RateLimiter(limit, window_seconds, self._clock)
-            )
+            self._limiter = None if limit is None else kind(limit, window_seconds, self._clock)
+            self._rate_limited = 0
+
+    @property
+    def rate_limited(self) -> int:
+        """The 429s the rate limit sent since :meth:`rate_limit` was last called."""
+        with self._lock:
+            return self._rate_limited
 
     @property
     def requests(self) -> list[RecordedRequest]:
@@ -600,14 +648,15 @@ class ReplayServer:
 
     def _respond(
         self, endpoint: str, query: Mapping[str, str], page: int | None
-    ) -> tuple[Reply | Scripted, bool]:
-        """The reply, and whether the source gave it (False: scripted or rate-limited)."""
+    ) -> tuple[Reply | Scripted, bool, bool]:
+        """The reply, whether the source gave it (False: scripted or rate-limited), and whether
+        the rate limit refused it."""
         scripted = self._pop_script(endpoint, page)
         if scripted is not None:
             if scripted.delay > 0:
                 self._stopping.wait(scripted.delay)
             if scripted.close:
-                return scripted, False
+                return scripted, False, False
             if scripted.status is not None:
                 body = scripted.body
                 if body is None:
@@ -618,14 +667,15 @@ class ReplayServer:
                     data = body.encode()
                 else:
                     data = _json_bytes(body)
-                return Reply(scripted.status, data, dict(scripted.headers)), False
+                return Reply(scripted.status, data, dict(scripted.headers)), False, False
         with self._lock:
             limiter = self._limiter
             retry_after = limiter.check() if limiter is not None else None
+            self._rate_limited += retry_after is not None
         if retry_after is not None:
             reply = Reply(429, _json_bytes(RATE_LIMIT_BODY), {"Retry-After": str(retry_after)})
-            return reply, False
-        return self._serve(endpoint, query, page), True
+            return reply, False, True
+        return self._serve(endpoint, query, page), True, False
 
     def _serve(self, endpoint: str, query: Mapping[str, str], page: int | None) -> Reply:
         if endpoint == "/ping":
@@ -723,6 +773,13 @@ def main(argv: list[str] | None = None) -> int:
         metavar="N/SECONDS",
         help="e.g. 30/60: 30 requests per 60 s, then 429",
     )
+    parser.add_argument(
+        "--rate-limit-mode",
+        choices=RATE_LIMIT_MODES,
+        default="sliding",
+        help="how --rate-limit counts: sliding (any 60 s) or fixed (a window opened by the first"
+        " request, as API gateways count); default sliding",
+    )
     args = parser.parse_args(argv)
     try:
         source: MarketSource = (
@@ -734,7 +791,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(exc))
     server = ReplayServer(source, port=args.port)
     if args.rate_limit:
-        server.rate_limit(*args.rate_limit)
+        server.rate_limit(*args.rate_limit, mode=args.rate_limit_mode)
     try:
         server.start()
     except OSError as exc:

@@ -66,13 +66,19 @@ class RunOptions:
     coins: int | None = None
     replay_dir: Path | None = None
     snapshot_id: str | None = None
-    max_coins: int | None = None
+    max_coins: int | str | None = None  # an integer or "all"
     vs_currency: str | None = None
     per_page: int | None = None
     verbose: bool = False
     extra_env: dict[str, str] = field(default_factory=dict)
     # --as-of (offline only): the simulated time of the fetch, for demos with history.
     as_of: datetime | None = None
+    # --rate-limit N/W: the client's pacing (COINGECKO_RATE_LIMIT); offline, the local server
+    # enforces the same budget in fixed windows.
+    rate_limit: str | None = None
+    # Lambda timeouts (seconds) per function for the local runner (benchmarks force the
+    # extract's deadline loop with a short one); None: the deployed values.
+    function_timeouts: dict[str, float] | None = None
 
 
 @dataclass
@@ -100,6 +106,10 @@ class RunReport:
     local_dir: Path = DEFAULT_LOCAL_DIR
     state_durations: dict[str, float] = field(default_factory=dict)
     replay: dict[str, list[int]] | None = None
+    # Seconds of each Extract invocation of the deadline loop, in order (one when it fitted).
+    extract_invocation_seconds: list[float] = field(default_factory=list)
+    # States entered (what Step Functions bills as state transitions, give or take the start).
+    state_transitions: int = 0
 
 
 @dataclass
@@ -223,10 +233,11 @@ def check_request_timeout(env: Mapping[str, str]) -> float:
     from state_machine.local_runner import FUNCTION_TIMEOUTS
 
     timeout = env_float(env, "COINGECKO_TIMEOUT_SECONDS", 30.0, minimum=0.001)
+    margin = env_float(env, "EXTRACT_DEADLINE_MARGIN_SECONDS", DEADLINE_MARGIN_SECONDS, minimum=0.0)
     check_timeout_fits(
         timeout,
         FUNCTION_TIMEOUTS["extract"],
-        DEADLINE_MARGIN_SECONDS,
+        margin,
         "the extract function's timeout",
     )
     return timeout
@@ -288,6 +299,10 @@ def prepare(opts: RunOptions) -> Prepared:
     source = replay_source(opts.replay_dir) if opts.replay_dir is not None else None
     env = {**os.environ, **opts.extra_env}
     log_level = handler_log_level(env)  # first: the handlers' loggers read it at import
+    if opts.rate_limit is not None:
+        from functions.extract.pacing import RateLimit
+
+        RateLimit.parse(opts.rate_limit, field="--rate-limit")
     check_request_timeout(env)
     lake_dir, warehouse_dir = check_local_dir(opts.local_dir)
 
@@ -308,12 +323,76 @@ def prepare(opts: RunOptions) -> Prepared:
 # -- progress ---------------------------------------------------------------------------------
 
 
+def page_figures(extra: Mapping[str, Any]) -> str:
+    """The running figures of an extract page log record, e.g. "1,000 coins, 5 calls,
+    1 rate-limit wait (3.0s)"."""
+    waits = extra.get("pacing_waits") or 0
+    text = f"{extra.get('coins_so_far', 0):,} coins, {plural(extra.get('api_calls'), 'call')}"
+    if waits:
+        seconds = extra.get("pacing_wait_seconds") or 0
+        text += f", {plural(waits, 'rate-limit wait')} ({seconds:.1f}s)"
+    if extra.get("rate_limited"):
+        text += f", {plural(extra['rate_limited'], 'HTTP 429')}"
+    return text
+
+
+class _PageBar:
+    """A ``rich`` progress bar for the extract's pages (a terminal only): pages done of the
+    expected (from ``/global``), coins, calls, rate-limit waits, 429s and an ETA; fits 80
+    columns."""
+
+    def __init__(self, stream: TextIO) -> None:
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+        )
+
+        self.console = Console(file=stream, highlight=False)
+        self._progress = Progress(
+            TextColumn("    pages"),
+            BarColumn(bar_width=16),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[figures]}"),
+            TextColumn("ETA"),
+            TimeRemainingColumn(compact=True),
+            console=self.console,
+            transient=True,
+        )
+        self._task = self._progress.add_task("pages", total=None, figures="")
+        self._progress.start()
+
+    @staticmethod
+    def figures(extra: Mapping[str, Any]) -> str:
+        """The bar's short figures, e.g. "750 coins 4 calls 1 wait 2s 1x429"."""
+        waits = extra.get("pacing_waits") or 0
+        text = f"{extra.get('coins_so_far', 0):,} coins {extra.get('api_calls', 0)} calls"
+        text += f" {waits} wait{'s' if waits != 1 else ''}"
+        text += f" {extra.get('pacing_wait_seconds') or 0:.0f}s"
+        if extra.get("rate_limited"):
+            text += f" {extra['rate_limited']}x429"
+        return text
+
+    def update(self, extra: Mapping[str, Any]) -> None:
+        expected = extra.get("expected_pages")
+        done = extra.get("pages_so_far") or 0
+        total = max(expected, done) if isinstance(expected, int) else None
+        self._progress.update(self._task, completed=done, total=total, figures=self.figures(extra))
+
+    def stop(self) -> None:
+        self._progress.stop()
+
+
 class _Progress:
     """Progress lines in execution order, each flushed at once (also when piped).
 
-    Lines come from the execution history (polled by the runner) and from the handlers' logs
+    Lines come from the execution history (followed by the runner) and from the handlers' logs
     (in moto's execution thread); ``catch_up`` reports the history first, so a handler's line
-    never comes before the previous state's "✓".
+    never comes before the previous state's "✓". On a terminal the extract's pages show as a
+    progress bar (``rich``) instead of one line per page.
     """
 
     def __init__(self, stream: TextIO) -> None:
@@ -323,10 +402,37 @@ class _Progress:
         self._entered_at: dict[str, datetime] = {}
         self._announced: set[str] = set()
         self._lock = threading.RLock()
+        self._bar: _PageBar | None = None
+        self.extract_invocations: list[float] = []
+        self.transitions = 0
+        self._invocation_start: datetime | None = None
+        isatty = getattr(stream, "isatty", None)
+        self.interactive = bool(callable(isatty) and isatty())
 
     def line(self, text: str) -> None:
         with self._lock:
-            print(text, file=self.stream, flush=True)
+            if self._bar is not None:
+                self._bar.console.print(text, markup=False, highlight=False)
+            else:
+                print(text, file=self.stream, flush=True)
+
+    def page(self, text: str, extra: Mapping[str, Any]) -> None:
+        """One extract page: the bar on a terminal, else a line with the figures."""
+        with self._lock:
+            if not self.interactive:
+                page, rows, kept = extra.get("page"), extra.get("rows"), extra.get("kept")
+                head = f"page {page}: {rows} coins ({kept} kept)" if page is not None else text
+                self.line(f"    {head}; {page_figures(extra)} so far")
+                return
+            if self._bar is None:
+                self._bar = _PageBar(self.stream)
+            self._bar.update(extra)
+
+    def close_bar(self) -> None:
+        with self._lock:
+            if self._bar is not None:
+                self._bar.stop()
+                self._bar = None
 
     def enter(self, state: str) -> None:
         with self._lock:
@@ -344,10 +450,28 @@ class _Progress:
 
     def on_event(self, ev: StateEvent) -> None:
         with self._lock:
+            self.transitions += ev.kind == "entered"
+            if ev.state == "Extract" and ev.timestamp is not None:
+                if ev.kind == "entered":
+                    self._invocation_start = ev.timestamp
+                elif self._invocation_start is not None:
+                    took = (ev.timestamp - self._invocation_start).total_seconds()
+                    self.extract_invocations.append(round(took, 3))
+                    self._invocation_start = None
             if ev.state not in TASK_STATES:
                 if ev.kind == "entered" and ev.state == "Notify failure":
+                    self.close_bar()
                     self.line("  → publishing failure alert to the SNS topic")
                 return
+            if ev.kind == "exited" and ev.state == "Extract" and ev.detail.get("done") is False:
+                self.line(
+                    f"    ↺ invocation {ev.detail.get('invocations')} stopped before page"
+                    f" {ev.detail.get('next_page')} (Lambda deadline) with"
+                    f" {plural(ev.detail.get('pages'), 'page')}; Extract continues"
+                )
+                return
+            if ev.kind != "entered":
+                self.close_bar()
             if ev.kind == "entered":
                 if ev.timestamp is not None:
                     self._entered_at.setdefault(ev.state, ev.timestamp)
@@ -376,7 +500,11 @@ class _ProgressLines(logging.Handler):
             line = f"    ↻ {getattr(record, 'problem', msg)}; retry {attempt or '?'}"
             line += f" in {wait:.1f}s"
         elif record.name == "extract" and msg.startswith("page "):
-            line = f"    {msg}"
+            self.progress.catch_up()
+            with self.progress._lock:
+                self.progress.enter("Extract")
+                self.progress.page(msg, record.__dict__)
+            return
         elif record.levelno >= logging.WARNING:
             line = f"    ! {record.name}: {msg}"
         else:
@@ -435,20 +563,31 @@ def _coingecko_source(
         with ReplayServer(source) as server:
             what = "recorded bodies" if prepared.replay_source else "synthetic market"
             progress.line(f"CoinGecko: local replay server ({what}) at {server.base_url}")
+            env = {
+                "COINGECKO_BASE_URL": server.base_url,
+                "COINGECKO_API_PLAN": "public",
+                "COINGECKO_API_KEY": "",
+                "COINGECKO_API_KEY_SECRET_ARN": "",
+            }
+            if opts.rate_limit is not None:
+                from functions.extract.pacing import RateLimit
+
+                limit = RateLimit.parse(opts.rate_limit, field="--rate-limit")
+                if limit is not None:
+                    server.rate_limit(limit.calls, limit.window_seconds, mode="fixed")
+                    progress.line(
+                        f"Rate limit: the local server allows {limit.calls} calls per"
+                        f" {limit.window_seconds:g}s (fixed windows); the client paces itself"
+                    )
+                env["COINGECKO_RATE_LIMIT"] = opts.rate_limit
             # Sealed from the user's shell: no real key goes to the replay server.
-            yield (
-                {
-                    "COINGECKO_BASE_URL": server.base_url,
-                    "COINGECKO_API_PLAN": "public",
-                    "COINGECKO_API_KEY": "",
-                    "COINGECKO_API_KEY_SECRET_ARN": "",
-                },
-                server,
-            )
+            yield env, server
     else:
         from functions.extract.config import PRO_BASE_URL, PUBLIC_BASE_URL
 
         env: dict[str, str] = {}
+        if opts.rate_limit is not None:
+            env["COINGECKO_RATE_LIMIT"] = opts.rate_limit
         merged = {**os.environ, **opts.extra_env}
         if merged.get("COINGECKO_API_KEY_SECRET_ARN"):
             # Local mode runs under moto: a real secret ARN cannot be read here.
@@ -519,7 +658,9 @@ def run_pipeline(opts: RunOptions, out: TextIO | None = None) -> RunReport:
             **opts.extra_env,
         }
         handlers = _simulated_clock_handlers(opts.as_of) if opts.as_of else None
-        sfn = stack.enter_context(LocalStepFunctions(handlers=handlers, env=env))
+        sfn = stack.enter_context(
+            LocalStepFunctions(handlers=handlers, env=env, timeouts=opts.function_timeouts)
+        )
         progress.catch_up = sfn.catch_up
         payload = prepared.execution_input
         progress.line(f"Execution input: {json.dumps(payload)}")
@@ -529,6 +670,7 @@ def run_pipeline(opts: RunOptions, out: TextIO | None = None) -> RunReport:
             on_event=progress.on_event,
         )
         progress.catch_up = lambda: None
+        progress.close_bar()
         if prepared.replay_source is not None and server is not None:
             replay = {
                 "recorded_pages": prepared.replay_source.recorded_pages,
@@ -552,6 +694,8 @@ def run_pipeline(opts: RunOptions, out: TextIO | None = None) -> RunReport:
         local_dir=opts.local_dir,
         state_durations=dict(progress.durations),
         replay=replay,
+        extract_invocation_seconds=list(progress.extract_invocations),
+        state_transitions=progress.transitions,
     )
 
 
@@ -591,7 +735,7 @@ def state_summary(state: str, out: Mapping[str, Any]) -> str:
         return (
             f"{plural(out.get('coin_count'), 'coin')}, {plural(out.get('pages'), 'page')}, "
             f"{plural(out.get('api_calls'), 'API call')}, "
-            f"{plural(out.get('retries'), 'retry', 'retries')}"
+            f"{plural(out.get('retries'), 'retry', 'retries')}{_extract_extras(out)}"
         )
     if state == "Transform":
         return (
@@ -601,6 +745,41 @@ def state_summary(state: str, out: Mapping[str, Any]) -> str:
     if state == "Load":
         return f"{_table_after(out)} in {out.get('table')}"
     return ""
+
+
+def _extract_extras(o: Mapping[str, Any]) -> str:
+    """ ", 3 invocations, 7 rate-limit waits (52.0s), 1 HTTP 429" — the parts not zero."""
+    parts = []
+    if (o.get("invocations") or 1) > 1:
+        parts.append(f"{o['invocations']} invocations")
+    if o.get("pacing_waits"):
+        seconds = o.get("pacing_wait_seconds") or 0
+        parts.append(f"{plural(o['pacing_waits'], 'rate-limit wait')} ({seconds:.1f}s)")
+    if o.get("rate_limited"):
+        parts.append(plural(o["rate_limited"], "HTTP 429"))
+    return "".join(f", {p}" for p in parts)
+
+
+def _pct(value: object) -> str:
+    return f"{value:.1f}%" if isinstance(value, int | float) else "n/a"
+
+
+def coverage_line(coverage: Mapping[str, Any]) -> str | None:
+    """The summary's coverage line: coins vs /global's active cryptocurrencies and market cap
+    vs /global's total (None when the Transform reported no coverage)."""
+    if not coverage:
+        return None
+    active = coverage.get("active_cryptocurrencies")
+    if active is None:
+        return f"{coverage.get('coins_fetched')} coins; /global unavailable, coverage unknown"
+    text = (
+        f"{_pct(coverage.get('coin_pct'))} of /global's {active:,} active coins"
+        f" ({coverage.get('coins_fetched'):,}), {_pct(coverage.get('market_cap_pct'))}"
+        " of its total market cap"
+    )
+    if coverage.get("warning"):
+        text = f"! {text}: {coverage['warning']}"
+    return text
 
 
 def _replay_line(replay: Mapping[str, list[int]]) -> str:
@@ -643,6 +822,9 @@ def _print_data_notes(o: Mapping[str, Any], out: TextIO) -> None:
     failed = [c for c in quality.get("checks") or [] if not c.get("passed")]
     if failed:
         print(f"  quality       ! failed: {describe_failed_checks(failed)}", file=out)
+    coverage = coverage_line(o.get("coverage") or {})
+    if coverage is not None:
+        print(f"  coverage      {coverage}", file=out)
 
 
 def query_hint(local_dir: Path) -> str:
@@ -662,7 +844,7 @@ def print_summary(report: RunReport, out: TextIO) -> None:
         print(
             f"  coins fetched {o.get('coin_count')} ({plural(o.get('pages'), 'page')}, "
             f"{plural(o.get('api_calls'), 'API call')}, "
-            f"{plural(o.get('retries'), 'retry', 'retries')})",
+            f"{plural(o.get('retries'), 'retry', 'retries')}{_extract_extras(o)})",
             file=out,
         )
         print(
@@ -709,11 +891,16 @@ def summary_json(report: RunReport) -> dict[str, Any]:
         "execution": report.execution_arn,
         "duration_seconds": round(report.duration_s, 3),
         "state_durations_seconds": report.state_durations,
+        "extract_invocation_seconds": report.extract_invocation_seconds,
         "counts": {
             "coins_fetched": o.get("coin_count"),
             "pages": o.get("pages"),
             "api_calls": o.get("api_calls"),
             "retries": o.get("retries"),
+            "rate_limited": o.get("rate_limited"),
+            "rate_limit_waits": o.get("pacing_waits"),
+            "rate_limit_wait_seconds": o.get("pacing_wait_seconds"),
+            "extract_invocations": o.get("invocations"),
             "rows": o.get("row_count"),
             "rows_inserted": o.get("rows_inserted"),
             "rows_replaced": o.get("rows_replaced"),
@@ -737,6 +924,8 @@ def summary_json(report: RunReport) -> dict[str, Any]:
             "rejected_by_reason": quality.get("rejected_by_reason") or {},
             "failed_checks": quality.get("failed_checks") or [],
         },
+        "coverage": o.get("coverage"),
+        "rate_limit": o.get("rate_limit"),
         "replay": report.replay,
         "table": o.get("table"),
         "lake": str(report.lake_dir),
@@ -757,6 +946,16 @@ def _utc_datetime(text: str) -> datetime:
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"{text!r} is not an ISO-8601 time") from exc
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def max_coins_arg(text: str) -> int | str:
+    """An argparse ``type`` for ``--max-coins``: an integer in 1-MAX_COINS, or ``all``."""
+    if text.strip().lower() == "all":
+        return "all"
+    try:
+        return int_range(1, MAX_COINS)(text)
+    except argparse.ArgumentTypeError as exc:
+        raise argparse.ArgumentTypeError(f"{exc} (give 1-{MAX_COINS} or 'all')") from exc
 
 
 def int_range(low: int, high: int) -> Callable[[str], int]:
@@ -832,8 +1031,16 @@ def register(sub: Any) -> None:
     )
     run.add_argument(
         "--max-coins",
-        type=int_range(1, MAX_COINS),
-        help="stop after this many coins (default 1000; offline: --coins)",
+        type=max_coins_arg,
+        help="stop after this many coins, or 'all': the whole market (default 1000;"
+        " offline: --coins)",
+    )
+    run.add_argument(
+        "--rate-limit",
+        metavar="N/W",
+        help="pace CoinGecko calls to N per W seconds, or 'off' (default: the plan's budget"
+        " on CoinGecko's hosts; see COINGECKO_RATE_LIMIT). With --offline/--replay the local"
+        " server also enforces it, in fixed windows",
     )
     run.add_argument("--vs-currency", help="quote currency, 1-16 of a-z 0-9 _ - (default usd)")
     run.add_argument(
@@ -868,6 +1075,7 @@ def run_cli(args: argparse.Namespace, out: TextIO) -> int:
         per_page=args.per_page,
         verbose=args.verbose,
         as_of=args.as_of,
+        rate_limit=args.rate_limit,
     )
     as_json = bool(getattr(args, "json", False))
     report = run_pipeline(opts, sys.stderr if as_json else out)

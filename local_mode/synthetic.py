@@ -363,14 +363,15 @@ def generate_global(
 ) -> dict[str, Any]:
     """The ``/global`` body matching ``markets`` (USD quotes, as :func:`generate_markets` makes).
 
-    Totals are the coins' sums divided by a share in [0.85, 0.92) (the unlisted long tail), so
+    Totals are the coins' sums divided by a share in [0.96, 0.99) (the long tail CoinGecko
+    counts but lists without a market cap: the synthetic market is the whole market), so
     every currency's ``total_market_cap``/``total_volume`` is larger than the listed sum.
     """
     rng = random.Random(seed * 7919 + len(markets))
     cap_usd = sum(c["market_cap"] or 0 for c in markets)
     vol_usd = sum(c["total_volume"] or 0 for c in markets)
-    total_cap = cap_usd / rng.uniform(0.85, 0.92) if cap_usd else 1.0e9
-    total_vol = vol_usd / rng.uniform(0.85, 0.92) if vol_usd else 1.0e7
+    total_cap = cap_usd / rng.uniform(0.96, 0.99) if cap_usd else 1.0e9
+    total_vol = vol_usd / rng.uniform(0.96, 0.99) if vol_usd else 1.0e7
     percentages: dict[str, float] = {}
     for coin in markets:
         if len(percentages) == 10:
@@ -379,7 +380,7 @@ def generate_global(
             percentages[coin["symbol"]] = coin["market_cap"] / total_cap * 100
     return {
         "data": {
-            "active_cryptocurrencies": max(len(markets), 1) * 12 + rng.randint(0, 500),
+            "active_cryptocurrencies": len(markets) + rng.randint(0, max(1, len(markets) // 50)),
             "upcoming_icos": 0,
             "ongoing_icos": 49,
             "ended_icos": 3376,

@@ -362,15 +362,17 @@ def show_cli(args: argparse.Namespace, out: TextIO) -> int:
 
 _RUNS = """
 SELECT LOADED_AT, STATUS, SNAPSHOT_ID, VS_CURRENCY, COIN_COUNT, ROWS_LOADED, ROWS_INSERTED,
-       ROWS_REPLACED, REJECTED_COUNT, FETCHED_AT, EXECUTION_ID, QUALITY
+       ROWS_REPLACED, REJECTED_COUNT, FETCHED_AT, EXECUTION_ID, QUALITY{coverage}
 FROM ETL_RUNS
 ORDER BY LOADED_AT DESC, SNAPSHOT_ID DESC
 LIMIT {limit}
 """
+# The coverage columns (added by issue 13's load; a warehouse not loaded since lacks them).
+_RUNS_COVERAGE = ", COIN_COVERAGE_PCT, MARKET_CAP_COVERAGE_PCT, COVERAGE_WARNING"
 MAX_EXECUTION_SECONDS = 3600  # the state machine's TimeoutSeconds
 RUNS_HEADERS = [
     "LOADED_AT", "STATUS", "SNAPSHOT_ID", "VS_CURRENCY", "COINS", "ROWS", "INSERTED",
-    "REPLACED", "REJECTED", "DURATION_S", "EXECUTION", "NOTE",
+    "REPLACED", "REJECTED", "COIN_COV_PCT", "MCAP_COV_PCT", "DURATION_S", "EXECUTION", "NOTE",
 ]  # fmt: skip
 
 
@@ -399,13 +401,17 @@ def runs_rows(rows: Sequence[Sequence[Any]]) -> list[tuple[Any, ...]]:
 
     DURATION_S is LOADED_AT - FETCHED_AT in seconds (from the Extract's fetch to the Load's
     commit stamp: the execution's duration up to the commit); None for a row written by
-    ``crypto-etl rebuild`` (NOTE says so), whose LOADED_AT is the rebuild's.
+    ``crypto-etl rebuild`` (NOTE says so), whose LOADED_AT is the rebuild's. COIN_COV_PCT and
+    MCAP_COV_PCT are the coverage of /global's coins and market cap (%); a coverage warning
+    goes to NOTE.
     """
     result = []
-    for loaded, status, snap, cur, coins, n, ins, rep, rej, fetched, execution, quality in rows:
+    for row in rows:
+        loaded, status, snap, cur, coins, n, ins, rep, rej, fetched, execution, quality = row[:12]
+        coin_pct, mcap_pct, warning = (*row[12:15], None, None, None)[:3]
         rebuilt = _rebuilt(quality)
         duration = None
-        note = "rebuilt from the lake" if rebuilt else ""
+        note = "rebuilt from the lake" if rebuilt else (f"! {warning}" if warning else "")
         if not rebuilt and isinstance(loaded, datetime) and isinstance(fetched, datetime):
             duration = round((loaded - fetched).total_seconds(), 1)
             # An execution ends within the state machine's 3600 s: a fetch time outside that
@@ -413,7 +419,7 @@ def runs_rows(rows: Sequence[Sequence[Any]]) -> list[tuple[Any, ...]]:
             if not 0 <= duration <= MAX_EXECUTION_SECONDS:
                 duration, note = None, "simulated fetch time (--as-of)"
         result.append(
-            (loaded, status, snap, cur, coins, n, ins, rep, rej, duration,
+            (loaded, status, snap, cur, coins, n, ins, rep, rej, coin_pct, mcap_pct, duration,
              _execution_name(execution), note)
         )  # fmt: skip
     return result
@@ -422,12 +428,16 @@ def runs_rows(rows: Sequence[Sequence[Any]]) -> list[tuple[Any, ...]]:
 def runs_cli(args: argparse.Namespace, out: TextIO) -> int:
     """``crypto-etl runs``: the latest ``--limit`` ETL_RUNS rows, newest first (1 if none)."""
     with warehouse_connection(args.local_dir, args.remote) as conn:
+        limit = int(args.limit)
         try:
-            rows = fetch(conn, _RUNS.format(limit=int(args.limit)))[1]
+            rows = fetch(conn, _RUNS.format(limit=limit, coverage=_RUNS_COVERAGE))[1]
         except SnowflakeError as exc:
-            if not _table_missing(exc):
+            if _table_missing(exc):
+                rows = []
+            elif "COVERAGE" in str(exc).upper():  # an ETL_RUNS from before coverage
+                rows = fetch(conn, _RUNS.format(limit=limit, coverage=""))[1]
+            else:
                 raise
-            rows = []
     if not rows:
         return _nothing(NO_RUNS, args.json, out)
     print_rows(RUNS_HEADERS, runs_rows(rows), args.json, out)

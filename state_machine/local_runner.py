@@ -7,7 +7,13 @@ dispatched in-process to our real handler, with an unhandled exception reported 
 reports it (``X-Amz-Function-Error: Unhandled`` and ``{"errorType", "errorMessage"}``), so the
 state machine sees the handler's error class name as the error, exactly as on AWS.
 
-``tests/unit/test_local_runner.py`` guards the patch so a moto upgrade cannot break it silently.
+moto runs each execution in a thread of its own (``ExecutionWorker.start`` targets
+``ExecutionWorker._execution_logic``); we wrap that method so the thread signals when it ends,
+and ``execute`` waits on that signal instead of polling the execution every 50 ms
+(a tight poll competes with the in-process handlers for the interpreter and slows them).
+
+``tests/unit/test_local_runner.py`` guards both patches so a moto upgrade cannot break them
+silently.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import math
 import os
 import threading
 import time
@@ -94,17 +101,36 @@ def _function_error_payload(exc: BaseException) -> bytes:
     ).encode()
 
 
+def function_timeouts(overrides: Mapping[str, float] | None = None) -> dict[str, float]:
+    """Each function's Lambda timeout in seconds: ``FUNCTION_TIMEOUTS`` with ``overrides`` on top.
+
+    Raises ValueError for a timeout that is not a positive finite number of seconds.
+    """
+    merged: dict[str, float] = {**FUNCTION_TIMEOUTS, **(overrides or {})}
+    for name, seconds in merged.items():
+        number = isinstance(seconds, int | float) and not isinstance(seconds, bool)
+        if not number or not math.isfinite(seconds) or seconds <= 0:
+            raise ValueError(f"Lambda timeout for {name!r} must be > 0 seconds, got {seconds!r}")
+    return merged
+
+
 @contextmanager
 def dispatch_lambda_in_process(
-    handlers: Mapping[str, Handler], timeouts: Mapping[str, float] | None = None
+    handlers: Mapping[str, Handler],
+    timeouts: Mapping[str, float] | None = None,
+    on_invoke: Callable[[], None] | None = None,
 ) -> Iterator[list[dict[str, Any]]]:
     """Patch moto's Docker-less Lambda backend to call ``handlers[function_name]`` in-process.
 
-    Yields a list that records every invocation (function, request, response or error).
+    ``timeouts`` (seconds per function name) override ``FUNCTION_TIMEOUTS`` for the ones named;
+    the handler's context counts down from its function's timeout. ``on_invoke`` is called
+    (in moto's execution thread) before each handler runs. Yields a list that
+    records every invocation (function, request, response or error).
     """
     from moto.awslambda_simple.models import LambdaSimpleBackend
 
     calls: list[dict[str, Any]] = []
+    limits = function_timeouts(timeouts)
 
     def invoke(
         self: Any,
@@ -121,8 +147,7 @@ def dispatch_lambda_in_process(
         event = json.loads(body) if body else {}
         record: dict[str, Any] = {"function": name, "event": event}
         calls.append(record)
-        timeout = (timeouts or FUNCTION_TIMEOUTS).get(name, 900)
-        context = LocalLambdaContext(function_name=name, timeout_seconds=timeout)
+        context = LocalLambdaContext(function_name=name, timeout_seconds=limits.get(name, 900))
         try:
             result = handler(event, context)
         except Exception as exc:
@@ -141,8 +166,38 @@ def dispatch_lambda_in_process(
         record["result"] = result
         return payload
 
-    with mock.patch.object(LambdaSimpleBackend, "invoke", invoke):
+    def invoke_and_report(self: Any, *args: Any) -> bytes:
+        # Before, not after: moto records the task's result only once invoke has returned, so
+        # a catch-up here after the handler would find nothing new.
+        if on_invoke is not None:
+            on_invoke()  # the states entered so far come before the handler's own output
+        return invoke(self, *args)
+
+    with mock.patch.object(LambdaSimpleBackend, "invoke", invoke_and_report):
         yield calls
+
+
+@contextmanager
+def signal_execution_end(on_end: Callable[[str], None]) -> Iterator[None]:
+    """Call ``on_end(execution_arn)`` in moto's execution thread as the thread ends.
+
+    moto's ``ExecutionWorker.start`` runs ``_execution_logic`` in a new thread; that method
+    evaluates the program and then records the final status (``terminated``), so when it
+    returns ``describe_execution`` already gives the final status. ``on_end`` is also called
+    when the method raises (the status then stays RUNNING).
+    """
+    from moto.stepfunctions.parser.backend.execution_worker import ExecutionWorker
+
+    original = ExecutionWorker._execution_logic
+
+    def execution_logic(self: Any) -> None:
+        try:
+            original(self)
+        finally:
+            on_end(self._evaluation_details.execution_details.arn)
+
+    with mock.patch.object(ExecutionWorker, "_execution_logic", execution_logic):
+        yield
 
 
 def _zip_stub() -> bytes:
@@ -160,12 +215,20 @@ class LocalStepFunctions:
         handlers: Mapping[str, Handler] | None = None,
         env: Mapping[str, str] | None = None,
         retry_sleep: Callable[[float], None] | None = None,
+        timeouts: Mapping[str, float] | None = None,
     ) -> None:
+        """``handlers``: function name -> handler (default: the real ones); ``env``: extra
+        environment variables while deployed; ``retry_sleep``: replaces the interpreter's
+        sleep between Retry attempts (seconds); ``timeouts``: Lambda timeouts in seconds for
+        the functions named, overriding ``FUNCTION_TIMEOUTS`` (ValueError if not > 0)."""
         self._handlers = dict(handlers) if handlers is not None else None
         self._env = dict(env or {})
         self._retry_sleep = retry_sleep
+        self.timeouts = function_timeouts(timeouts)
         self._stack: Any = None
         self._follower: _HistoryFollower | None = None
+        self._ended: dict[str, threading.Event] = {}  # execution ARN -> its thread has ended
+        self._ended_lock = threading.Lock()
 
     def __enter__(self) -> LocalStepFunctions:
         from contextlib import ExitStack
@@ -203,7 +266,10 @@ class LocalStepFunctions:
                     )
                 )
             handlers = self._handlers if self._handlers is not None else default_handlers()
-            self.invocations = stack.enter_context(dispatch_lambda_in_process(handlers))
+            self.invocations = stack.enter_context(
+                dispatch_lambda_in_process(handlers, self.timeouts, on_invoke=self.catch_up)
+            )
+            stack.enter_context(signal_execution_end(lambda arn: self._end_event(arn).set()))
             self._deploy()
         except BaseException:
             stack.close()
@@ -244,7 +310,7 @@ class LocalStepFunctions:
                 Role=role_arn,
                 Handler=f"functions.{name}.handler.handler",
                 Code={"ZipFile": code},
-                Timeout=FUNCTION_TIMEOUTS[name],
+                Timeout=math.ceil(self.timeouts[name]),  # whole seconds, as Lambda takes it
             )["FunctionArn"]
             subs[placeholder] = arn
         self.topic_arn = self.sns.create_topic(Name=TOPIC_NAME)["TopicArn"]
@@ -280,50 +346,71 @@ class LocalStepFunctions:
                     out.append({"raw": m["Body"]})
                 self.sqs.delete_message(QueueUrl=self.queue_url, ReceiptHandle=m["ReceiptHandle"])
 
+    def _end_event(self, arn: str) -> threading.Event:
+        with self._ended_lock:
+            return self._ended.setdefault(arn, threading.Event())
+
     def execute(
         self,
         execution_input: Mapping[str, Any],
         name: str | None = None,
         on_event: Callable[[StateEvent], None] | None = None,
-        poll_seconds: float = 0.05,
+        poll_seconds: float = 0.5,
         timeout_seconds: float = 3600.0,
     ) -> ExecutionResult:
-        """Start an execution and follow it to the end, reporting progress per state."""
+        """Start an execution and follow it to the end, reporting progress per state.
+
+        Waits on the execution thread's end rather than polling. With ``on_event``, the
+        history is caught up (``on_event`` called for each new state event, in order, a state
+        that runs again reported again) before each Lambda invocation, every ``poll_seconds``
+        while waiting, and at the end. Past ``timeout_seconds`` the execution is stopped
+        (status ABORTED once the running handler returns: an in-process handler cannot be
+        interrupted). ``state_outputs`` holds each state's last output.
+        """
         started = time.monotonic()
+        deadline = started + timeout_seconds
         name = name or f"local-{uuid.uuid4().hex[:12]}"
         arn = self.sfn.start_execution(
             stateMachineArn=self.state_machine_arn, name=name, input=json.dumps(execution_input)
         )["executionArn"]
         follower = _HistoryFollower(self, arn, on_event)
         self._follower = follower
+        ended = self._end_event(arn)
+        stopped = False
         try:
             while True:
-                desc = self.sfn.describe_execution(executionArn=arn)
-                history = follower.catch_up()
-                if desc["status"] != "RUNNING":
+                wait = poll_seconds if stopped else min(poll_seconds, deadline - time.monotonic())
+                if ended.wait(max(0.0, wait)):
                     break
-                if time.monotonic() - started > timeout_seconds:
+                if follower.reports:
+                    follower.catch_up()
+                if not stopped and time.monotonic() >= deadline:
                     self.sfn.stop_execution(executionArn=arn, error="LocalTimeout")
-                    continue
-                time.sleep(poll_seconds)
+                    stopped = True
+            desc = self.sfn.describe_execution(executionArn=arn)
+            history = follower.catch_up()
         finally:
             self._follower = None
+        if desc["status"] == "RUNNING":  # the thread ended without recording a final status
+            desc = {
+                **desc,
+                "status": "FAILED",
+                "error": "LocalRunnerError",
+                "cause": "moto's execution thread ended without a final status",
+            }
         output = json.loads(desc["output"]) if desc.get("output") else None
-        state_outputs = {}
-        for ev in history:
-            details = ev.get("stateExitedEventDetails")
-            if details and "output" in details:
-                try:
-                    state_outputs[details["name"]] = json.loads(details["output"])
-                except json.JSONDecodeError:
-                    state_outputs[details["name"]] = {"raw": details["output"]}
-        # Each task's Catch goes through a Pass state that names the task and keeps its error.
+        # A state may run many times (the Extract loop): state_outputs keeps its last output.
+        exits = list(_exited_outputs(history))
+        state_outputs = dict(exits)
+        # Each failure path goes through a Pass state ("Extract failed", "Extract result
+        # invalid", ...) whose output names the task and keeps its error; the first such output
+        # is where the failure was decided (later states only carry it on).
         failed_state = None
         pass_out: dict[str, Any] = {}
-        for state in ("Extract failed", "Transform failed", "Load failed"):
-            if state in state_outputs:
-                failed_state = state_outputs[state].get("failed_state")
-                pass_out = state_outputs[state]
+        for _, out in exits:
+            if "failed_state" in out and isinstance(out.get("error"), dict):
+                failed_state, pass_out = out["failed_state"], out
+                break
         error = desc.get("error") or (pass_out.get("error") or {}).get("Error")
         cause = desc.get("cause") or (pass_out.get("error") or {}).get("Cause")
         return ExecutionResult(
@@ -342,12 +429,12 @@ class LocalStepFunctions:
     def catch_up(self) -> None:
         """Report the running execution's history events not reported yet (from any thread).
 
-        ``execute`` polls the history every ``poll_seconds``; a handler (running in moto's
-        execution thread) calls this before it prints progress of its own, so every earlier
-        state's events come first, whatever the polling interval. No-op outside ``execute``.
+        ``execute`` catches up before each Lambda invocation and every ``poll_seconds``; a
+        handler (running in moto's execution thread) calls this before it prints progress of
+        its own, so every earlier state's events come first. No-op outside ``execute``.
         """
         follower = self._follower
-        if follower is not None:
+        if follower is not None and follower.reports:
             follower.catch_up()
 
     def _history(self, arn: str) -> list[dict[str, Any]]:
@@ -376,6 +463,8 @@ class _HistoryFollower:
         self._seen = 0
         self._lock = threading.RLock()  # on_event may print, and printing may call back here
         self.history: list[dict[str, Any]] = []
+        # Without a listener only the final history matters: no fetches while it runs.
+        self.reports = on_event is not None
 
     def catch_up(self) -> list[dict[str, Any]]:
         """Fetch the history and report the events not reported yet; return the history."""
@@ -388,6 +477,18 @@ class _HistoryFollower:
                 if state_event is not None and self._on_event is not None:
                     self._on_event(state_event)
             return history
+
+
+def _exited_outputs(history: list[dict[str, Any]]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """``(state name, output)`` for each StateExited event, in order (repeats included)."""
+    for ev in history:
+        details = ev.get("stateExitedEventDetails")
+        if details and "output" in details:
+            try:
+                out = json.loads(details["output"])
+            except json.JSONDecodeError:
+                out = {"raw": details["output"]}
+            yield details["name"], out if isinstance(out, dict) else {"value": out}
 
 
 def _to_state_event(ev: dict[str, Any], history: list[dict[str, Any]]) -> StateEvent | None:

@@ -117,6 +117,11 @@ def manifest_key(prefix: str) -> str:
     return f"{prefix}manifest.json"
 
 
+def progress_key(prefix: str) -> str:
+    """The extract's running record of a run (pages so far, pacing), for the next invocation."""
+    return f"{prefix}progress.json"
+
+
 def processed_key(snapshot_id: str, partition_date: date, run: str) -> str:
     return f"{PROCESSED}{_partition(snapshot_id, partition_date, run)}crypto_data.csv.gz"
 

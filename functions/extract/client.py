@@ -38,8 +38,17 @@ a subclass overriding ``increment`` *and* ``sleep``; its exhaustion surfaces as
 ``requests.ConnectionError``/``RetryError`` wrapping ``MaxRetryError`` where the last response
 (status, CoinGecko's message) is lost; sleeps cannot be injected without patching; and counting
 the requests actually sent means reading ``Retry.history`` off a response that a failure never
-returns. The loop below is shorter than that subclass, keeps every decision in one place, and
-is where the planned calls-per-minute pacing will go.
+returns. The loop below is shorter than that subclass and keeps every decision in one place.
+
+Pacing (optional ``limiter``, a :class:`~functions.extract.pacing.SlidingWindowLimiter`): every
+attempt (markets pages, ``/global``, each retry) waits for the limiter before it is sent, so the
+client never sends more than the configured N calls in any W seconds. Pacing waits are planned,
+not retries: they do not count against ``max_retry_wait``, but one that would run past the
+``deadline`` (less ``deadline_reserve``) raises :class:`SourceUnavailableError` without sleeping
+(the handler checks :meth:`CoinGeckoClient.pacing_delay` before each page; this is a last
+resort). Every 429 received (HTTP 429, or a 2xx carrying ``error_code`` 429) is counted in
+``rate_limited`` and reported to the limiter, which turns more conservative for the rest of the
+run; its ``Retry-After`` is still waited by the retry loop.
 
 The raw body of every successful response is kept as bytes (``ApiResponse.body``) so the
 extract stores it exactly as received.
@@ -68,6 +77,7 @@ import urllib3.exceptions
 from functions.common.errors import SourceError, SourceUnavailableError
 from functions.extract.api_errors import error_from_bytes, parse_error_body, snippet
 from functions.extract.config import ExtractConfig
+from functions.extract.pacing import SlidingWindowLimiter
 from functions.extract.paging import MARKETS_PATH, markets_query
 
 MAX_SINGLE_WAIT = 60.0
@@ -200,12 +210,15 @@ class ApiResponse:
 
 
 class CoinGeckoClient:
-    """GET requests to the CoinGecko API v3 with retries; counts ``api_calls`` and ``retries``.
+    """GET requests to the CoinGecko API v3 with retries and optional pacing.
 
+    Counters: ``api_calls`` (requests sent), ``retries``, ``waited_seconds`` (retry waits),
+    ``rate_limited`` (429s received), ``pacing_waits`` and ``pacing_wait_seconds`` (requests
+    that waited for the ``limiter``, and the seconds they waited).
     ``sleep``, ``wall_clock`` (Unix time, for HTTP-date ``Retry-After``) and ``rng`` are
     injectable for tests. ``deadline`` returns the seconds left
-    to the caller (e.g. the Lambda's remaining time); no retry wait may eat into the last
-    ``deadline_reserve`` seconds of it.
+    to the caller (e.g. the Lambda's remaining time); no retry or pacing wait may eat into the
+    last ``deadline_reserve`` seconds of it. ``limiter`` paces every attempt (None: no pacing).
     """
 
     def __init__(
@@ -224,6 +237,7 @@ class CoinGeckoClient:
         deadline: Callable[[], float] | None = None,
         deadline_reserve: float = 0.0,
         logger: Any = None,
+        limiter: SlidingWindowLimiter | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
@@ -240,13 +254,28 @@ class CoinGeckoClient:
         self._deadline = deadline
         self._deadline_reserve = deadline_reserve
         self._log = logger or logging.getLogger(__name__)
+        self.limiter = limiter
         self.api_calls = 0
         self.retries = 0
         self.waited_seconds = 0.0
+        self.rate_limited = 0
+        self.pacing_waits = 0
+        self.pacing_wait_seconds = 0.0
 
     @classmethod
     def from_config(cls, config: ExtractConfig, **kwargs: Any) -> CoinGeckoClient:
-        """A client for ``config`` (base URL, plan's key header, timeouts, retry budget)."""
+        """A client for ``config`` (base URL, plan's key header, timeouts, retry budget, pacing).
+
+        Unless a ``limiter=`` keyword is given (e.g. one restored from the previous invocation's
+        state; ``limiter=None`` turns pacing off), a limiter is built from ``config.rate_limit``
+        with the client's ``wall_clock`` and ``sleep``.
+        """
+        if "limiter" not in kwargs and config.rate_limit is not None:
+            kwargs["limiter"] = SlidingWindowLimiter(
+                config.rate_limit,
+                clock=kwargs.get("wall_clock", time.time),
+                sleep=kwargs.get("sleep", time.sleep),
+            )
         return cls(
             config.base_url,
             headers=config.auth_headers,
@@ -265,6 +294,10 @@ class CoinGeckoClient:
 
     def close(self) -> None:
         self._session.close()
+
+    def pacing_delay(self) -> float:
+        """Seconds the next request would wait for the limiter before it is sent (0 without)."""
+        return self.limiter.delay() if self.limiter is not None else 0.0
 
     # -- endpoints ---------------------------------------------------------------------------
 
@@ -336,6 +369,7 @@ class CoinGeckoClient:
         dns_failures = 0
         while True:
             attempts += 1
+            self._pace(url)
             self.api_calls += 1
             status: int | None = None
             retry_after: float | None = None
@@ -408,6 +442,9 @@ class CoinGeckoClient:
                     retry_after = parse_retry_after(
                         resp.headers.get("Retry-After"), self._wall_clock()
                     )
+                    self.rate_limited += 1
+                    if self.limiter is not None:
+                        self.limiter.on_rate_limited(retry_after)
             dns_failures += dns_failed
             wait = self._next_wait(
                 attempts,
@@ -432,6 +469,28 @@ class CoinGeckoClient:
             self.waited_seconds += wait
             if wait > 0:
                 self._sleep(wait)
+
+    def _pace(self, url: str) -> None:
+        """Wait for the limiter (if any) before sending; SourceUnavailableError when that wait
+        would run past the deadline (less its reserve)."""
+        if self.limiter is None:
+            return
+        wait = self.limiter.delay()
+        limit = self.limiter.limit
+        if wait > 0 and self._deadline is not None:
+            left = self._deadline() - self._deadline_reserve
+            if wait > left:
+                raise SourceUnavailableError(
+                    f"CoinGecko GET {url} not sent: the rate limit ({limit.calls} calls per"
+                    f" {limit.window_seconds:g}s) asks to wait {wait:.1f}s but only"
+                    f" {max(left, 0):.1f}s are left before the deadline",
+                    url=url,
+                )
+        slept = self.limiter.acquire()
+        if slept > 0:
+            self.pacing_waits += 1
+            self.pacing_wait_seconds += slept
+            self._log.debug("paced", extra={"url": url, "wait_seconds": round(slept, 3)})
 
     def backoff(self, retry: int) -> float:
         """The jittered exponential wait before retry number ``retry`` (1-based)."""

@@ -14,6 +14,13 @@
 ``COINGECKO_MAX_RETRY_WAIT_SECONDS``  total seconds one invocation may sleep between retries,
                                     default 120
 ``COINGECKO_BACKOFF_BASE_SECONDS``  first backoff step (doubles each retry, with jitter), 1.0
+``COINGECKO_RATE_LIMIT``            client-side pacing: ``N/SECONDS`` (at most N calls in any
+                                    SECONDS, e.g. ``30/60``) or ``off``. Default: the plan's
+                                    budget (``functions.extract.pacing.PLAN_RATE_LIMITS``:
+                                    public 5/60, demo 30/60, pro 250/60) when
+                                    ``COINGECKO_BASE_URL`` is that plan's CoinGecko host
+                                    (``api.coingecko.com``, ``pro-api.coingecko.com``); off for
+                                    any other base URL (the replay server, a proxy)
 ``LAKE_BUCKET``                     the lake bucket (``LAKE_LOCAL_DIR`` selects a folder locally)
 ==================================  ===========================================================
 
@@ -36,11 +43,18 @@ from urllib.parse import urlsplit
 from functions.common.config import env_float, env_int
 from functions.common.errors import ConfigError, ValidationError
 from functions.common.secrets import fetch_secret_string as read_secret
+from functions.extract.pacing import PLAN_RATE_LIMITS, RateLimit
 
 PUBLIC_BASE_URL = "https://api.coingecko.com/api/v3"
 PRO_BASE_URL = "https://pro-api.coingecko.com/api/v3"
 PLANS = ("public", "demo", "pro")
 KEY_HEADERS: dict[str, str] = {"demo": "x-cg-demo-api-key", "pro": "x-cg-pro-api-key"}
+# The host each plan is served from (public and demo share one): its pacing default applies there.
+PLAN_HOSTS: dict[str, str] = {
+    "public": "api.coingecko.com",
+    "demo": "api.coingecko.com",
+    "pro": "pro-api.coingecko.com",
+}
 VALUE_SHAPE = 'the API key string, or {"api_key": "...", "plan": "demo" | "pro"}'
 
 # A quote currency as CoinGecko names them ("usd", "eur", "btc", "bits", "sats"...): checked
@@ -66,6 +80,8 @@ class ExtractConfig:
     max_retry_wait_seconds: float = 120.0
     backoff_base_seconds: float = 1.0
     lake_bucket: str | None = None
+    # None: no pacing. from_env fills in the plan's default (see default_rate_limit).
+    rate_limit: RateLimit | None = None
 
     def __post_init__(self) -> None:
         if self.plan not in PLANS:
@@ -85,6 +101,10 @@ class ExtractConfig:
         _check_base_url(self.base_url)
         if self.timeout_seconds <= 0:
             raise ConfigError("COINGECKO_TIMEOUT_SECONDS", f"{self.timeout_seconds} must be > 0")
+        if self.rate_limit is not None and not isinstance(self.rate_limit, RateLimit):
+            raise ConfigError(
+                "COINGECKO_RATE_LIMIT", f"{self.rate_limit!r} must be a RateLimit or None"
+            )
 
     @property
     def auth_headers(self) -> dict[str, str]:
@@ -103,6 +123,7 @@ class ExtractConfig:
             "max_retries": self.max_retries,
             "max_retry_wait_seconds": self.max_retry_wait_seconds,
             "backoff_base_seconds": self.backoff_base_seconds,
+            "rate_limit": str(self.rate_limit) if self.rate_limit else "off",
         }
 
     @classmethod
@@ -129,6 +150,12 @@ class ExtractConfig:
 
         base_url = env.get("COINGECKO_BASE_URL", "").strip().rstrip("/")
         base_url = base_url or (PRO_BASE_URL if plan == "pro" else PUBLIC_BASE_URL)
+        raw_limit = env.get("COINGECKO_RATE_LIMIT", "").strip()
+        rate_limit = (
+            RateLimit.parse(raw_limit, "COINGECKO_RATE_LIMIT")
+            if raw_limit
+            else default_rate_limit(plan, base_url)
+        )
         return cls(
             base_url=base_url,
             plan=plan,
@@ -139,7 +166,20 @@ class ExtractConfig:
             max_retry_wait_seconds=env_float(env, "COINGECKO_MAX_RETRY_WAIT_SECONDS", 120.0),
             backoff_base_seconds=env_float(env, "COINGECKO_BACKOFF_BASE_SECONDS", 1.0),
             lake_bucket=env.get("LAKE_BUCKET", "").strip() or None,
+            rate_limit=rate_limit,
         )
+
+
+def default_rate_limit(plan: str, base_url: str) -> RateLimit | None:
+    """The plan's pacing budget when ``base_url`` is on that plan's CoinGecko host, else None.
+
+    Any other host (the local replay server, a proxy with its own limits) is not paced unless
+    ``COINGECKO_RATE_LIMIT`` says so: offline runs and tests are not slowed down.
+    """
+    host = urlsplit(base_url).hostname
+    if plan in PLAN_RATE_LIMITS and host == PLAN_HOSTS.get(plan):
+        return PLAN_RATE_LIMITS[plan]
+    return None
 
 
 def check_vs_currency(value: object, field: str) -> str:

@@ -6,26 +6,42 @@ Event (from the state machine)::
      "execution": {"name": "...", "id": "arn:...", "start_time": "2024-01-01T00:00:00.000Z"}}
 
 Every ``input`` member is optional (defaults above; ``snapshot_id`` defaults to the execution
-name). Unknown ``input`` members are ignored with a warning (the console's default input is
+name). ``max_coins`` is an integer or ``"all"``: page until the market ends (an empty page).
+Unknown ``input`` members are ignored with a warning (the console's default input is
 ``{"Comment": ...}``). ``fetch_date`` is the UTC date of ``execution.start_time``; the lake
 partition date is the snapshot's, fixed at its first run (``snapshots/<id>.json``), so re-running
 a snapshot the next day still writes one lake copy. A ``start_time`` without a zone is UTC.
 
 Writes, under ``raw/dt=<partition date>/snapshot=<id>/run=<run id>/`` (one run per execution,
 so a retried task rewrites the same keys and a failed re-run never touches the loaded run):
+``global.json`` (fetched first, exactly as received, when ``/global`` answered),
 ``markets/page-NNNN.json`` (each body exactly as received, stored as soon as it arrives),
-``global.json`` (exactly as received, when ``/global`` answered) and, last, ``manifest.json``
-(see :func:`build_manifest`): a manifest means the run's raw set is complete.
+``progress.json`` (after every page: the pages so far, the paging and pacing state, counters)
+and, last, ``manifest.json`` (see :func:`build_manifest`): a manifest means the raw set is
+complete.
+
+**Deadline loop.** Before each page the extract checks the invocation's remaining time (the
+Lambda context's, less one request timeout, the pacing wait and
+``EXTRACT_DEADLINE_MARGIN_SECONDS``).
+When it runs short, it saves ``progress.json`` and returns ``done: false`` with ``next_page``;
+the state machine's Choice state invokes it again with the same execution, and that invocation
+reads ``progress.json`` and goes on from ``next_page`` (pages already stored are not fetched
+again; the rate limiter's recent calls carry over). Only the invocation that finishes writes the
+manifest and returns ``done: true`` with the full contract. An invocation that could not fetch a
+single page raises :class:`ExtractDeadlineError` (the loop would never end). A repeated
+invocation after ``done`` returns the same contract without calling CoinGecko.
 
 ``/global`` is auxiliary: when it fails (an HTTP error, retries exhausted, a body without
 ``data``) the snapshot goes on without it; the manifest and the result record why
-(``global_error``) and the transform falls back to the fetched basis.
+(``global_error``) and the transform falls back to the fetched basis. When it answers, its
+``active_cryptocurrencies`` gives ``expected_pages`` for progress reporting.
 
 Returns the Extract contract (README "Contracts between states").
 """
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -34,13 +50,22 @@ from datetime import UTC, date, datetime
 from typing import Any
 
 from functions.common import keys
+from functions.common.config import env_float
 from functions.common.errors import CryptoEtlError, SourceError, ValidationError
 from functions.common.log import get_logger
 from functions.common.snapshot_index import claim_partition_date
-from functions.common.storage import Storage, put_json, storage_from_env
+from functions.common.storage import Storage, get_json, put_json, storage_from_env
 from functions.extract.client import ApiResponse, CoinGeckoClient
 from functions.extract.config import ExtractConfig, check_timeout_fits
-from functions.extract.paging import FetchedPage, MarketsResult, RawPage, fetch_markets
+from functions.extract.pacing import SlidingWindowLimiter
+from functions.extract.paging import (
+    MAX_PAGES,
+    FetchedPage,
+    MarketsResult,
+    PagingState,
+    RawPage,
+    fetch_markets,
+)
 
 logger = get_logger("extract")
 
@@ -48,21 +73,32 @@ DEFAULT_VS_CURRENCY = "usd"
 DEFAULT_MAX_COINS = 1000
 DEFAULT_PER_PAGE = 250
 MAX_COINS_LIMIT = 100_000
-# Seconds of Lambda time kept free (beyond one request timeout) for /global and the manifest.
+ALL = "all"
+# Seconds of Lambda time kept free (beyond one request timeout and the pacing wait) for saving
+# the progress and the manifest; EXTRACT_DEADLINE_MARGIN_SECONDS overrides it.
 DEADLINE_MARGIN_SECONDS = 10.0
 JSON_CONTENT_TYPE = "application/json"
+PROGRESS_VERSION = 1
 
 _CURRENCY_RE = re.compile(r"[a-z0-9_-]{1,16}")
 _KNOWN_INPUT = ("vs_currency", "max_coins", "per_page", "snapshot_id")
+_COUNTERS = (
+    "api_calls",
+    "retries",
+    "retry_wait_seconds",
+    "rate_limited",
+    "pacing_waits",
+    "pacing_wait_seconds",
+)
 
 
 class ExtractDeadlineError(CryptoEtlError):
-    """The Lambda ran out of time before paging finished (the result names the next page)."""
+    """An invocation ran out of time before it could fetch a single page."""
 
 
 @dataclass(frozen=True)
 class ExtractRequest:
-    """The validated event."""
+    """The validated event. ``max_coins`` None means the whole market (``"all"``)."""
 
     snapshot_id: str
     execution_id: str
@@ -71,9 +107,14 @@ class ExtractRequest:
     start_time: datetime
     fetch_date: date
     vs_currency: str
-    max_coins: int
+    max_coins: int | None
     per_page: int
     ignored_input: tuple[str, ...] = ()
+
+    @property
+    def max_coins_label(self) -> int | str:
+        """``max_coins`` as the contract carries it: the integer, or ``"all"``."""
+        return ALL if self.max_coins is None else self.max_coins
 
 
 def _int_field(source: Mapping[str, Any], name: str, default: int, low: int, high: int) -> int:
@@ -85,6 +126,18 @@ def _int_field(source: Mapping[str, Any], name: str, default: int, low: int, hig
     if not low <= value <= high:
         raise ValidationError(f"input.{name}", f"{value} must be in [{low}, {high}]")
     return value
+
+
+def _max_coins(source: Mapping[str, Any]) -> int | None:
+    """``input.max_coins``: an integer in [1, MAX_COINS_LIMIT] or ``"all"`` (None)."""
+    value = source.get("max_coins")
+    if isinstance(value, str):
+        if value.strip().lower() == ALL:
+            return None
+        raise ValidationError(
+            "input.max_coins", f'{value!r} must be an integer or "all" (the whole market)'
+        )
+    return _int_field(source, "max_coins", DEFAULT_MAX_COINS, 1, MAX_COINS_LIMIT)
 
 
 def _str_field(source: Mapping[str, Any], name: str, where: str) -> str:
@@ -142,10 +195,29 @@ def parse_event(event: Any) -> ExtractRequest:
         start_time=start_time,
         fetch_date=start_time.date(),
         vs_currency=vs_currency.lower(),
-        max_coins=_int_field(data, "max_coins", DEFAULT_MAX_COINS, 1, MAX_COINS_LIMIT),
+        max_coins=_max_coins(data),
         per_page=_int_field(data, "per_page", DEFAULT_PER_PAGE, 1, 250),
         ignored_input=tuple(sorted(str(k) for k in data if k not in _KNOWN_INPUT)),
     )
+
+
+def expected_pages(
+    active_cryptocurrencies: int | None, max_coins: int | None, per_page: int
+) -> int | None:
+    """Pages a run should take, from ``/global``'s ``active_cryptocurrencies`` (None: unknown).
+
+    ``ceil(min(active, max_coins) / per_page)``, plus the empty page that confirms the end when
+    the whole market is asked for. An estimate for progress reporting only: the listing and
+    ``/global``'s count differ a little, and a server may cap its page size.
+    """
+    if not isinstance(active_cryptocurrencies, int) or isinstance(active_cryptocurrencies, bool):
+        return None
+    if active_cryptocurrencies < 0:
+        return None
+    wanted = active_cryptocurrencies
+    if max_coins is not None:
+        wanted = min(wanted, max_coins)
+    return math.ceil(wanted / per_page) + (1 if max_coins is None else 0)
 
 
 def build_manifest(
@@ -154,21 +226,22 @@ def build_manifest(
     fetched_at: str,
     partition_date: date,
     base_url: str,
-    prefix: str,
+    pages: list[dict[str, Any]],
     result: MarketsResult,
     global_key: str | None,
     global_error: str | None,
-    api_calls: int,
-    retries: int,
+    counters: Mapping[str, Any],
+    invocations: int,
 ) -> dict[str, Any]:
     """The manifest: what was fetched, in which order, and how many rows of each page count.
 
     ``pages[].count`` is the number of rows the transform must use from that page (the body
     is stored whole, so the last page may hold more: see ``paging``); ``rows`` is the number
-    of rows in the body and ``sha256`` its digest (the transform verifies it). ``stop_reason``,
-    ``end_confirmed`` and ``paging_warning`` say why paging stopped and whether an empty page
-    confirmed the end of the market; ``global_key`` is null and ``global_error`` says why when
-    ``/global`` was unavailable.
+    of rows in the body and ``sha256`` its digest (the transform verifies it). ``pages`` holds
+    every page of the run, whichever invocation fetched it. ``stop_reason``, ``end_confirmed``
+    and ``paging_warning`` say why paging stopped and whether an empty page confirmed the end
+    of the market; ``global_key`` is null and ``global_error`` says why when ``/global`` was
+    unavailable. ``max_coins`` is an integer or ``"all"``.
     """
     return {
         "snapshot_id": request.snapshot_id,
@@ -179,27 +252,18 @@ def build_manifest(
         "partition_date": partition_date.isoformat(),
         "vs_currency": request.vs_currency,
         "per_page": request.per_page,
-        "max_coins": request.max_coins,
+        "max_coins": request.max_coins_label,
         "source_base_url": base_url,
-        "pages": [
-            {
-                "page": p.page,
-                "key": keys.page_key(prefix, p.page),
-                "count": p.count,
-                "rows": p.rows,
-                "sha256": p.sha256,
-            }
-            for p in result.pages
-        ],
+        "pages": pages,
         "stop_reason": result.stop_reason,
         "end_confirmed": result.end_confirmed,
         "served_per_page": result.served_per_page,
         "paging_warning": result.warning,
         "global_key": global_key,
         "global_error": global_error,
-        "coin_count": result.coin_count,
-        "api_calls": api_calls,
-        "retries": retries,
+        "coin_count": sum(p["count"] for p in pages),
+        "invocations": invocations,
+        **counters,
     }
 
 
@@ -209,12 +273,13 @@ def _utc_now() -> datetime:
 
 def _fetch_global(
     client: CoinGeckoClient, storage: Storage, prefix: str
-) -> tuple[str | None, str | None]:
-    """Store ``/global`` and return ``(key, None)``, or ``(None, why)`` when it failed.
+) -> tuple[str | None, str | None, int | None]:
+    """Store ``/global``; return ``(key, None, active_cryptocurrencies)``, or
+    ``(None, why, None)`` when it failed.
 
-    ``/global`` only supplies the dominance denominators: its failure must not lose the pages
-    already fetched, so any SourceError (a 4xx, retries exhausted, a body without ``data``)
-    degrades the snapshot to the fetched basis instead of failing it.
+    ``/global`` only supplies the dominance denominators and the expected size of the market:
+    its failure must not fail the snapshot, so any SourceError (a 4xx, retries exhausted, a
+    body without ``data``) degrades the snapshot to the fetched basis instead.
     """
     try:
         resp: ApiResponse = client.global_data()
@@ -224,11 +289,56 @@ def _fetch_global(
             "/global unavailable: dominance falls back to the fetched basis",
             extra={"global_error": why, "status": exc.status},
         )
-        return None, why
+        return None, why, None
     key = keys.global_key(prefix)
     storage.put_bytes(key, resp.body, JSON_CONTENT_TYPE)
-    logger.info("fetched /global", extra={"key": key, "bytes": len(resp.body)})
-    return key, None
+    active = resp.data["data"].get("active_cryptocurrencies")
+    active = active if isinstance(active, int) and not isinstance(active, bool) else None
+    logger.info(
+        "fetched /global",
+        extra={"key": key, "bytes": len(resp.body), "active_cryptocurrencies": active},
+    )
+    return key, None, active
+
+
+def _read_progress(storage: Storage, key: str, request: ExtractRequest) -> dict[str, Any] | None:
+    """The run's saved progress (None on its first invocation); ValidationError if it belongs
+    to another request (the same run with different paging input cannot be resumed)."""
+    if not storage.exists(key):
+        return None
+    progress = get_json(storage, key)
+    if not isinstance(progress, dict) or progress.get("version") != PROGRESS_VERSION:
+        raise ValidationError(key, f"is not a version-{PROGRESS_VERSION} extract progress record")
+    for name, value in (
+        ("snapshot_id", request.snapshot_id),
+        ("vs_currency", request.vs_currency),
+        ("per_page", request.per_page),
+        ("max_coins", request.max_coins_label),
+    ):
+        if progress.get(name) != value:
+            raise ValidationError(
+                key,
+                f"{name} is {progress.get(name)!r} in the saved progress but {value!r} in this "
+                "invocation: a run cannot change its paging input between invocations",
+            )
+    return progress
+
+
+def _counters(previous: Mapping[str, Any], client: CoinGeckoClient) -> dict[str, Any]:
+    """The run's counters so far: the earlier invocations' plus this client's."""
+    now = {
+        "api_calls": client.api_calls,
+        "retries": client.retries,
+        "retry_wait_seconds": client.waited_seconds,
+        "rate_limited": client.rate_limited,
+        "pacing_waits": client.pacing_waits,
+        "pacing_wait_seconds": client.pacing_wait_seconds,
+    }
+    out: dict[str, Any] = {}
+    for name in _COUNTERS:
+        total = (previous.get(name) or 0) + now[name]
+        out[name] = round(total, 3) if isinstance(total, float) else total
+    return out
 
 
 def run(
@@ -239,124 +349,224 @@ def run(
     client: CoinGeckoClient | None = None,
     deadline: Callable[[], float] | None = None,
     now: Callable[[], datetime] = _utc_now,
+    margin_seconds: float = DEADLINE_MARGIN_SECONDS,
 ) -> dict[str, Any]:
-    """Validate the event, fetch pages and /global into the lake, write the manifest.
+    """Validate the event, fetch /global and pages into the lake; write the manifest when done.
 
-    ``client`` defaults to one built from ``config`` (and closed here); ``deadline`` returns the
-    seconds left in this invocation (the Lambda context's remaining time).
+    ``client`` defaults to one built from ``config`` (and closed here), its rate limiter
+    restored from the saved progress; ``deadline`` returns the seconds left in this invocation
+    (the Lambda context's remaining time). Returns the Extract contract with ``done: true``, or
+    a small ``done: false`` record naming ``next_page`` when the deadline stopped paging.
+    Raises ValidationError (bad event, or progress of a different request), SourceError
+    (CoinGecko failed past its retries), ExtractDeadlineError (no page fitted in the time).
     """
     request = parse_event(event)
     logger.append_keys(snapshot_id=request.snapshot_id)
     if request.ignored_input:
         logger.warning("ignoring unknown input members", extra={"ignored": request.ignored_input})
-    fetched_at = now().astimezone(UTC).isoformat()
+    first_seen = now().astimezone(UTC).isoformat()
     partition_date = claim_partition_date(
         storage,
         request.snapshot_id,
         today=request.fetch_date,
         execution_id=request.execution_id,
-        now_iso=fetched_at,
+        now_iso=first_seen,
     )
     prefix = keys.raw_prefix(request.snapshot_id, partition_date, request.run_id)
-    reserve = config.timeout_seconds + DEADLINE_MARGIN_SECONDS
+    progress_key = keys.progress_key(prefix)
+    manifest_key = keys.manifest_key(prefix)
+    progress = _read_progress(storage, progress_key, request)
+    if progress is not None and progress.get("done") and isinstance(progress.get("contract"), dict):
+        logger.info("extract already done for this run", extra={"manifest_key": manifest_key})
+        return progress["contract"]
+    progress = progress or {
+        "version": PROGRESS_VERSION,
+        "snapshot_id": request.snapshot_id,
+        "execution_id": request.execution_id,
+        "run_id": request.run_id,
+        "vs_currency": request.vs_currency,
+        "per_page": request.per_page,
+        "max_coins": request.max_coins_label,
+        "fetched_at": first_seen,
+        "invocations": 0,
+        "pages": [],
+        "paging": PagingState().to_dict(),
+        "global_done": False,
+        "done": False,
+        **dict.fromkeys(_COUNTERS, 0),
+    }
+    previous_counts = {name: progress.get(name, 0) for name in _COUNTERS}
+    invocation = int(progress["invocations"]) + 1
+    progress["invocations"] = invocation
+    resume = PagingState.from_dict(progress["paging"], f"{progress_key}: paging")
+
+    reserve = config.timeout_seconds + margin_seconds
+    if deadline is not None and deadline() < reserve:
+        raise ExtractDeadlineError(
+            f"snapshot {request.snapshot_id}: invocation {invocation} stopped before page "
+            f"{resume.next_page}: less than {reserve:g}s of the invocation were left at its "
+            "start (raise the extract function's timeout, or lower COINGECKO_TIMEOUT_SECONDS)"
+        )
     own_client = client is None
     if client is None:
+        limiter = None
+        if config.rate_limit is not None:
+            limiter = SlidingWindowLimiter(config.rate_limit, state=progress.get("pacing"))
         client = CoinGeckoClient.from_config(
-            config, deadline=deadline, deadline_reserve=reserve, logger=logger
+            config, deadline=deadline, deadline_reserve=reserve, logger=logger, limiter=limiter
         )
     logger.info(
-        "extract starting",
+        "extract starting" if invocation == 1 else f"extract resuming (invocation {invocation})",
         extra={
             "source": config.describe(),
             "vs_currency": request.vs_currency,
-            "max_coins": request.max_coins,
+            "max_coins": request.max_coins_label,
             "per_page": request.per_page,
             "raw_prefix": prefix,
+            "invocation": invocation,
+            "next_page": resume.next_page,
         },
     )
-    kept = 0
+    pages: list[dict[str, Any]] = list(progress["pages"])
+
+    def save(state: PagingState) -> None:
+        progress["pages"] = pages
+        progress["paging"] = state.to_dict()
+        progress.update(_counters(previous_counts, client))
+        limiter = getattr(client, "limiter", None)
+        if limiter is not None:
+            progress["pacing"] = limiter.state()
+        put_json(storage, progress_key, progress)
 
     def fetch(page: int) -> RawPage:
         resp = client.markets_page(request.vs_currency, page, request.per_page)
         return RawPage(body=resp.body, rows=len(resp.data))
 
-    def store(page: FetchedPage) -> None:
-        nonlocal kept
+    def store(page: FetchedPage, state: PagingState) -> None:
         key = keys.page_key(prefix, page.page)
         storage.put_bytes(key, page.body, JSON_CONTENT_TYPE)
-        kept += page.count
+        pages.append(
+            {
+                "page": page.page,
+                "key": key,
+                "count": page.count,
+                "rows": page.rows,
+                "sha256": page.sha256,
+            }
+        )
+        save(state)
+        counts = _counters(previous_counts, client)
         logger.info(
-            f"page {page.page}: {page.rows} coins ({page.count} kept, {kept} so far)",
+            f"page {page.page}: {page.rows} coins ({page.count} kept, {state.coins_kept} so far)",
             extra={
                 "page": page.page,
                 "rows": page.rows,
                 "kept": page.count,
-                "coins_so_far": kept,
+                "coins_so_far": state.coins_kept,
+                "pages_so_far": len(pages),
+                "expected_pages": progress.get("expected_pages"),
                 "key": key,
-                "api_calls": client.api_calls,
-                "retries": client.retries,
+                **counts,
             },
         )
 
+    def page_deadline() -> float:
+        assert deadline is not None
+        return deadline() - client.pacing_delay()
+
     try:
+        if not progress["global_done"]:
+            global_key, global_error, active = _fetch_global(client, storage, prefix)
+            progress.update(
+                global_done=True,
+                global_key=global_key,
+                global_error=global_error,
+                active_cryptocurrencies=active,
+                expected_pages=expected_pages(active, request.max_coins, request.per_page),
+            )
+            save(resume)
         result = fetch_markets(
             fetch,
             per_page=request.per_page,
             max_coins=request.max_coins,
-            deadline=deadline,
+            deadline=page_deadline if deadline is not None else None,
             reserve_seconds=reserve,
             on_page=store,
+            max_pages=MAX_PAGES,
+            resume=resume,
         )
-        if not result.complete:
-            raise ExtractDeadlineError(
-                f"snapshot {request.snapshot_id}: stopped before page {result.next_page} with "
-                f"{result.coin_count} coins fetched: less than {reserve:.0f}s of the invocation "
-                "left (raise the function timeout or lower max_coins)"
-            )
-        if result.warning:
-            logger.warning(f"paging: {result.warning}", extra={"stop_reason": result.stop_reason})
-        global_key, global_error = _fetch_global(client, storage, prefix)
+        counters = _counters(previous_counts, client)
+        base_url = client.base_url
     finally:
         if own_client:
             client.close()
 
-    manifest_key = keys.manifest_key(prefix)
-    manifest = build_manifest(
-        request,
-        fetched_at=fetched_at,
-        partition_date=partition_date,
-        base_url=client.base_url,
-        prefix=prefix,
-        result=result,
-        global_key=global_key,
-        global_error=global_error,
-        api_calls=client.api_calls,
-        retries=client.retries,
-    )
-    put_json(storage, manifest_key, manifest)
-    contract = {
+    common = {
         "snapshot_id": request.snapshot_id,
         "execution_id": request.execution_id,
         "run_id": request.run_id,
-        "fetched_at": fetched_at,
+        "bucket": storage.bucket,
+        "raw_prefix": prefix,
+        "progress_key": progress_key,
+        "invocations": invocation,
+        "pages": len(pages),
+        "coin_count": result.state.coins_kept,
+        "expected_pages": progress.get("expected_pages"),
+        "active_cryptocurrencies": progress.get("active_cryptocurrencies"),
+        "rate_limit": str(config.rate_limit) if config.rate_limit is not None else None,
+        **counters,
+    }
+    if not result.complete:
+        save(result.state)
+        if not result.pages:
+            raise ExtractDeadlineError(
+                f"snapshot {request.snapshot_id}: invocation {invocation} stopped before page "
+                f"{result.next_page} ({result.state.coins_kept} coins so far): less than "
+                f"{reserve:g}s of the invocation were left after the rate-limit wait (raise the "
+                "extract function's timeout, or lower COINGECKO_TIMEOUT_SECONDS)"
+            )
+        logger.info(
+            f"deadline: stopping before page {result.next_page}; the next invocation resumes",
+            extra={"next_page": result.next_page, **common},
+        )
+        return {**common, "done": False, "next_page": result.next_page}
+    if result.warning:
+        logger.warning(f"paging: {result.warning}", extra={"stop_reason": result.stop_reason})
+
+    global_key = progress.get("global_key")
+    global_error = progress.get("global_error")
+    manifest = build_manifest(
+        request,
+        fetched_at=progress["fetched_at"],
+        partition_date=partition_date,
+        base_url=base_url,
+        pages=pages,
+        result=result,
+        global_key=global_key,
+        global_error=global_error,
+        counters=counters,
+        invocations=invocation,
+    )
+    put_json(storage, manifest_key, manifest)
+    contract = {
+        **common,
+        "done": True,
+        "next_page": None,
+        "fetched_at": progress["fetched_at"],
         "fetch_date": request.fetch_date.isoformat(),
         "partition_date": partition_date.isoformat(),
         "vs_currency": request.vs_currency,
-        "bucket": storage.bucket,
-        "raw_prefix": prefix,
         "manifest_key": manifest_key,
         "global_key": global_key,
         "global_error": global_error,
-        "pages": len(result.pages),
-        "coin_count": result.coin_count,
         "stop_reason": result.stop_reason,
         "end_confirmed": result.end_confirmed,
         "paging_warning": result.warning,
-        "api_calls": client.api_calls,
-        "retries": client.retries,
-        "max_coins": request.max_coins,
+        "max_coins": request.max_coins_label,
         "per_page": request.per_page,
     }
+    progress.update(done=True, contract=contract)
+    save(result.state)
     logger.info(
         "extract done",
         extra={
@@ -365,10 +575,9 @@ def run(
             "stop_reason": result.stop_reason,
             "end_confirmed": result.end_confirmed,
             "global_error": global_error,
-            "api_calls": client.api_calls,
-            "retries": client.retries,
-            "retry_wait_seconds": round(client.waited_seconds, 3),
+            "invocations": invocation,
             "manifest_key": manifest_key,
+            **counters,
         },
     )
     return contract
@@ -380,14 +589,18 @@ def handler(event: dict, context: Any) -> dict:
     logger.remove_keys(["snapshot_id"])
     env = dict(os.environ)
     config = ExtractConfig.from_env(env)
+    margin = env_float(env, "EXTRACT_DEADLINE_MARGIN_SECONDS", DEADLINE_MARGIN_SECONDS, minimum=0.0)
     remaining = getattr(context, "get_remaining_time_in_millis", None)
     deadline = (lambda: remaining() / 1000.0) if callable(remaining) else None
     if deadline is not None:
         # Refuse at once (ConfigError) rather than fail later with ExtractDeadlineError.
         check_timeout_fits(
-            config.timeout_seconds,
-            deadline(),
-            DEADLINE_MARGIN_SECONDS,
-            "the time left in this invocation",
+            config.timeout_seconds, deadline(), margin, "the time left in this invocation"
         )
-    return run(event, config=config, storage=storage_from_env(env), deadline=deadline)
+    return run(
+        event,
+        config=config,
+        storage=storage_from_env(env),
+        deadline=deadline,
+        margin_seconds=margin,
+    )

@@ -5,9 +5,12 @@ returns at most ``per_page`` coins per page and ``[]`` past the end of the marke
 
 Rules decided here:
 
-* Pages are fetched in order from ``start_page``. **A short page is not the end**: a server may
-  cap the page size below what was asked (a trading bot's issue reports 50 rows served for 250
-  asked), so paging goes on until one of these stops (``MarketsResult.stop_reason``):
+* Pages are fetched in order from ``start_page`` (or from a :class:`PagingState` saved by an
+  earlier call, so an extract can stop before its Lambda deadline and go on in the next
+  invocation exactly where it stopped). ``max_coins=None`` pages until the market ends.
+  **A short page is not the end**: a server may cap the page size below what was asked (a
+  trading bot's issue reports 50 rows served for 250 asked), so paging goes on until one of
+  these stops (``MarketsResult.stop_reason``):
 
   ============== ===============================================================  =========
   stop_reason    when                                                             confirmed
@@ -18,8 +21,8 @@ Rules decided here:
                  (``next_page`` says where to resume)
   repeated_page  a page's body is byte-identical to the previous page's (a        no
                  server ignoring ``page``): that page is neither kept nor counted
-  page_limit     ``max_pages`` pages fetched by this call (guard against a        no
-                 server that never ends)
+  page_limit     ``max_pages`` pages fetched in all (this call and the calls it     no
+                 resumes; guard against a server that never ends)
   ============== ===============================================================  =========
 
   ``end_confirmed`` is True only for the first two. Every unconfirmed stop, and a page size
@@ -35,7 +38,9 @@ Rules decided here:
 * A page's coins are counted from the start of the market: starting at ``start_page`` assumes
   the ``start_page - 1`` earlier pages held ``per_page`` coins each (``coins_before``). That is
   wrong for a server capping its page size (``served_per_page``): there ``coins_before``
-  overstates the coins before ``start_page`` and ``max_coins`` is reached too early.
+  overstates the coins before ``start_page`` and ``max_coins`` is reached too early. Resuming
+  from a :class:`PagingState` carries the exact count (and the last page's digest, so a repeated
+  page is still recognised across invocations).
 * ``deadline`` (a callable returning the seconds left, e.g. the Lambda's remaining time) is
   checked before every request: when fewer than ``reserve_seconds`` remain, paging stops and the
   result's ``next_page`` says where to resume (``stop_reason == "deadline"``). The caller may
@@ -45,8 +50,10 @@ Rules decided here:
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
-from dataclasses import dataclass, field
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from functions.common.errors import ValidationError
 
@@ -54,6 +61,7 @@ MAX_PER_PAGE = 250
 MARKETS_PATH = "/coins/markets"
 # Pages one call may fetch: CoinGecko lists ~17k coins, 70 pages of 250 or 350 of a 50-row cap.
 MAX_PAGES = 400
+_SHA256_RE = re.compile(r"[0-9a-f]{64}")
 
 STOP_REASONS = ("empty_page", "max_coins", "deadline", "repeated_page", "page_limit")
 CONFIRMED_STOPS = frozenset({"empty_page", "max_coins"})
@@ -81,6 +89,57 @@ class FetchedPage:
         return hashlib.sha256(self.body).hexdigest()
 
 
+@dataclass(frozen=True)
+class PagingState:
+    """Where paging stands after a call that stopped early: enough to resume it exactly.
+
+    ``next_page`` is the page to request next; ``coins_kept`` the coins kept on the pages
+    before it; ``pages_fetched`` the pages requested so far (for ``max_pages``);
+    ``previous_sha256`` the digest of the last page's body (repeated-page check);
+    ``first_short``/``served_per_page`` the page-size observations so far. JSON-safe through
+    :meth:`to_dict`/:meth:`from_dict` (stored in the lake between Lambda invocations).
+    """
+
+    next_page: int = 1
+    coins_kept: int = 0
+    pages_fetched: int = 0
+    previous_sha256: str | None = None
+    first_short: int | None = None
+    served_per_page: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], field_name: str = "paging") -> PagingState:
+        """Rebuild a state; raise ValidationError naming the member that is wrong."""
+        if not isinstance(data, Mapping):
+            raise ValidationError(field_name, f"{data!r} must be an object")
+        values: dict[str, Any] = {}
+        for name, low, optional in (
+            ("next_page", 1, False),
+            ("coins_kept", 0, False),
+            ("pages_fetched", 0, False),
+            ("first_short", 1, True),
+            ("served_per_page", 1, True),
+        ):
+            value = data.get(name)
+            if value is None and optional:
+                values[name] = None
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValidationError(
+                    f"{field_name}.{name}", f"{value!r} must be an integer >= {low}"
+                )
+            values[name] = value
+        digest = data.get("previous_sha256")
+        if digest is not None and not (isinstance(digest, str) and _SHA256_RE.fullmatch(digest)):
+            raise ValidationError(
+                f"{field_name}.previous_sha256", f"{digest!r} must be 64 hex digits or null"
+            )
+        return cls(previous_sha256=digest, **values)
+
+
 @dataclass
 class MarketsResult:
     """The pages fetched, why paging stopped, and where to resume if it stopped early.
@@ -99,6 +158,7 @@ class MarketsResult:
     end_confirmed: bool = False
     served_per_page: int | None = None
     warning: str | None = None
+    state: PagingState = field(default_factory=PagingState)  # where to resume (deadline)
 
     @property
     def coin_count(self) -> int:
@@ -122,18 +182,23 @@ def markets_query(vs_currency: str, page: int, per_page: int) -> dict[str, str]:
 
 
 def validate_paging(per_page: object, max_coins: object, start_page: object = 1) -> None:
-    """Raise ValidationError naming the field when a paging parameter is out of range."""
+    """Raise ValidationError naming the field when a paging parameter is out of range.
+
+    ``max_coins`` None means the whole market (no cap).
+    """
     for name, value, low, high in (
         ("per_page", per_page, 1, MAX_PER_PAGE),
         ("max_coins", max_coins, 1, None),
         ("start_page", start_page, 1, None),
     ):
+        if name == "max_coins" and value is None:
+            continue
         if isinstance(value, bool) or not isinstance(value, int):
             raise ValidationError(name, f"{value!r} must be an integer")
         if value < low or (high is not None and value > high):
             raise ValidationError(name, f"{value} must be in [{low}, {high or 'inf'}]")
-    assert isinstance(per_page, int) and isinstance(max_coins, int) and isinstance(start_page, int)
-    if (start_page - 1) * per_page >= max_coins:
+    assert isinstance(per_page, int) and isinstance(start_page, int)
+    if isinstance(max_coins, int) and (start_page - 1) * per_page >= max_coins:
         raise ValidationError(
             "start_page",
             f"page {start_page} starts after coin {(start_page - 1) * per_page}, "
@@ -145,30 +210,52 @@ def fetch_markets(
     fetch: Callable[[int], RawPage],
     *,
     per_page: int,
-    max_coins: int,
+    max_coins: int | None,
     start_page: int = 1,
     deadline: Callable[[], float] | None = None,
     reserve_seconds: float = 0.0,
-    on_page: Callable[[FetchedPage], None] | None = None,
+    on_page: Callable[[FetchedPage, PagingState], None] | None = None,
     max_pages: int = MAX_PAGES,
+    resume: PagingState | None = None,
 ) -> MarketsResult:
     """Call ``fetch(page)`` for pages ``start_page, start_page + 1, ...`` until paging stops.
 
-    Stops as the module docstring says (at most ``max_pages`` requests). ``on_page`` is
-    called with each kept page as soon as it is fetched (to store it and report progress); a
-    repeated page is not kept. Errors raised by ``fetch`` propagate unchanged; a negative
-    ``RawPage.rows`` or a bad paging parameter raises ValidationError.
+    Stops as the module docstring says (at most ``max_pages`` requests in all). ``resume``
+    (a previous result's ``state``) replaces ``start_page`` and carries the exact counts.
+    ``on_page(page, state)`` is called with each kept page as soon as it is fetched (to store
+    it and report progress) and the state to resume from after it; a repeated page is not
+    kept. ``max_coins=None`` pages until an empty page. Errors raised by ``fetch`` propagate
+    unchanged; a negative ``RawPage.rows`` or a bad paging parameter raises ValidationError.
     """
-    validate_paging(per_page, max_coins, start_page)
+    # A resumed run's coins so far are known exactly (a capped server serves fewer per page
+    # than start_page arithmetic assumes), so only a fresh start checks start_page that way.
+    validate_paging(per_page, max_coins, 1 if resume is not None else start_page)
+    if resume is not None:
+        start_page = resume.next_page
     if isinstance(max_pages, bool) or not isinstance(max_pages, int) or max_pages < 1:
         raise ValidationError("max_pages", f"{max_pages!r} must be an integer >= 1")
-    coins_before = (start_page - 1) * per_page
+    resume = resume or PagingState(next_page=start_page, coins_kept=(start_page - 1) * per_page)
+    coins_before = resume.coins_kept
+    if max_coins is not None and coins_before >= max_coins:
+        raise ValidationError(
+            "resume.coins_kept", f"{coins_before} coins already kept, max_coins={max_coins}"
+        )
     total = coins_before
     pages: list[FetchedPage] = []
-    first_short: int | None = None  # rows of the first short, non-empty page
-    served: int | None = None
-    previous: bytes | None = None
+    first_short = resume.first_short  # rows of the first short, non-empty page
+    served = resume.served_per_page
+    previous = resume.previous_sha256
     page = start_page
+
+    def state() -> PagingState:
+        return PagingState(
+            next_page=page,
+            coins_kept=total,
+            pages_fetched=resume.pages_fetched + len(pages),
+            previous_sha256=previous,
+            first_short=first_short,
+            served_per_page=served,
+        )
 
     def result(reason: str, problem: str | None = None) -> MarketsResult:
         notes = []
@@ -189,6 +276,7 @@ def fetch_markets(
             end_confirmed=reason in CONFIRMED_STOPS,
             served_per_page=served,
             warning="; ".join(notes) or None,
+            state=state(),
         )
 
     while True:
@@ -196,12 +284,13 @@ def fetch_markets(
             return result(
                 "deadline", f"less than {reserve_seconds:g}s were left (resume at page {page})"
             )
-        if page - start_page >= max_pages:
+        if resume.pages_fetched + len(pages) >= max_pages:
             return result("page_limit", problem=f"the page limit ({max_pages} pages) was reached")
         raw = fetch(page)
         if raw.rows < 0:
             raise ValidationError("rows", f"page {page}: {raw.rows} must be >= 0")
-        if raw.rows > 0 and previous is not None and raw.body == previous:
+        digest = hashlib.sha256(raw.body).hexdigest()
+        if raw.rows > 0 and previous is not None and digest == previous:
             return result(
                 "repeated_page",
                 problem=f"page {page} repeated page {page - 1} byte for byte (the server "
@@ -211,15 +300,15 @@ def fetch_markets(
             served = first_short
         if 0 < raw.rows < per_page and first_short is None:
             first_short = raw.rows
-        previous = raw.body
-        count = min(raw.rows, max_coins - total)
+        previous = digest
+        count = raw.rows if max_coins is None else min(raw.rows, max_coins - total)
         fetched = FetchedPage(page=page, body=raw.body, rows=raw.rows, count=count)
         pages.append(fetched)
         total += count
         page += 1
         if on_page is not None:
-            on_page(fetched)
+            on_page(fetched, state())
         if raw.rows == 0:
             return result("empty_page")
-        if total >= max_coins:
+        if max_coins is not None and total >= max_coins:
             return result("max_coins")

@@ -1,8 +1,10 @@
 """Load Lambda: validate the Transform output, fetch the processed file, load it into Snowflake.
 
 Input: the Transform contract (``bucket``, ``processed_key``, ``snapshot_id``, ``run_id``,
-``partition_date``, ``row_count`` and the Extract/Transform counts). Output: the input plus
-``rows_inserted``, ``rows_replaced``, ``table``, ``asset_dim_merged`` and ``snapshot_index_key``.
+``partition_date``, ``row_count``, the Extract/Transform counts and, when present, ``coverage``,
+recorded in ETL_RUNS). Other fields (e.g. ``max_coins``, an int or ``"all"``) are not read and
+are passed through. Output: the input plus ``rows_inserted``, ``rows_replaced``, ``table``,
+``asset_dim_merged`` and ``snapshot_index_key``.
 
 After the warehouse transaction has committed, the snapshot index (``snapshots/<id>.json``) is
 switched to this run, so the lake names the run whose rows the warehouse holds; a failed load
@@ -12,6 +14,7 @@ leaves it pointing at the previous run.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import tempfile
 from collections.abc import Callable, Mapping
@@ -27,7 +30,7 @@ from functions.common.schema import TIMESTAMP_FORMAT
 from functions.common.snapshot_index import switch_current
 from functions.common.storage import Storage, storage_from_env
 from functions.load.config import SnowflakeConfig
-from functions.load.loader import RunInfo, ensure_objects, load_snapshot
+from functions.load.loader import Coverage, RunInfo, ensure_objects, load_snapshot
 from functions.load.sql import Names
 
 logger = get_logger("load")
@@ -98,6 +101,62 @@ def _date(event: Mapping[str, Any], field: str) -> str | None:
         raise ValidationError(field, f"{value!r} is not a YYYY-MM-DD date") from exc
 
 
+def _cov_int(cov: Mapping[str, Any], name: str, *, required: bool = False) -> int | None:
+    value = cov.get(name)
+    if value is None and not required:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValidationError(f"coverage.{name}", f"{value!r} must be an integer >= 0")
+    return value
+
+
+def _cov_number(cov: Mapping[str, Any], name: str) -> float | None:
+    value = cov.get(name)
+    if value is None:
+        return None
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value < 0
+    ):
+        raise ValidationError(f"coverage.{name}", f"{value!r} must be a finite number >= 0")
+    return float(value)
+
+
+def parse_coverage(value: Any) -> Coverage | None:
+    """The Transform output's ``coverage`` object -> Coverage; None when absent (older events).
+
+    Shape: ``coins_fetched`` int >= 0 (required); ``active_cryptocurrencies`` int >= 0 or null;
+    ``coin_pct``, ``market_cap_fetched``, ``total_market_cap`` (USD or the vs_currency),
+    ``market_cap_pct`` (%) finite numbers >= 0 or null; ``min_pct`` (%) a number and
+    ``whole_market`` a boolean when present; ``warning`` a string or null. Other keys are
+    ignored. Raises ValidationError naming the field, e.g. ``coverage.coin_pct``.
+    """
+    if value is None:
+        return None
+    cov = keys.validate_object(value, "coverage")
+    whole_market = cov.get("whole_market")
+    if whole_market is not None and not isinstance(whole_market, bool):
+        raise ValidationError("coverage.whole_market", f"{whole_market!r} must be a boolean")
+    warning = cov.get("warning")
+    if warning is not None and not isinstance(warning, str):
+        raise ValidationError("coverage.warning", f"{warning!r} must be a string or null")
+    coins_fetched = _cov_int(cov, "coins_fetched", required=True)
+    assert coins_fetched is not None
+    return Coverage(
+        coins_fetched=coins_fetched,
+        active_cryptocurrencies=_cov_int(cov, "active_cryptocurrencies"),
+        coin_pct=_cov_number(cov, "coin_pct"),
+        market_cap_fetched=_cov_number(cov, "market_cap_fetched"),
+        total_market_cap=_cov_number(cov, "total_market_cap"),
+        market_cap_pct=_cov_number(cov, "market_cap_pct"),
+        min_pct=_cov_number(cov, "min_pct"),
+        whole_market=whole_market,
+        warning=warning or None,
+    )
+
+
 def parse_event(event: Any, *, bucket: str) -> LoadRequest:
     """Check the Transform contract; raise ValidationError naming the first bad field."""
     event = keys.validate_object(event, "event")
@@ -134,6 +193,7 @@ def parse_event(event: Any, *, bucket: str) -> LoadRequest:
         processed_key=processed_key,
         rejected_key=rejected_key,
         quality=quality,
+        coverage=parse_coverage(event.get("coverage")),
         **counts,
     )
     return LoadRequest(

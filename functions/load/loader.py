@@ -48,6 +48,24 @@ _DB_ERRORS: tuple[type[BaseException], ...] = (SnowflakeError, OSError)
 
 
 @dataclass(frozen=True)
+class Coverage:
+    """How much of the market the snapshot holds, against CoinGecko ``/global`` (the Transform
+    output's ``coverage``). Counts are coins; market caps are in the snapshot's vs_currency;
+    ``*_pct`` are percentages (fetched / total x 100; may exceed 100 when /global lags the
+    listing). None where /global was unavailable. ``warning`` is set below the threshold."""
+
+    coins_fetched: int
+    active_cryptocurrencies: int | None = None
+    coin_pct: float | None = None
+    market_cap_fetched: float | None = None
+    total_market_cap: float | None = None
+    market_cap_pct: float | None = None
+    min_pct: float | None = None
+    whole_market: bool | None = None
+    warning: str | None = None
+
+
+@dataclass(frozen=True)
 class RunInfo:
     """What the ETL_RUNS row records besides the load's own counts (all optional)."""
 
@@ -64,6 +82,7 @@ class RunInfo:
     processed_key: str | None = None
     rejected_key: str | None = None
     quality: Mapping[str, Any] | None = None
+    coverage: Coverage | None = None
 
 
 @dataclass(frozen=True)
@@ -133,16 +152,35 @@ def ensure_objects(conn: Any, names: Names, *, views: bool = True) -> None:
         for stmt in sql.create_tables(names):
             _run(cur, stmt, timings)
         for table in sql.TABLES:
-            present = {r[0].upper() for r in _run(cur, sql.table_columns(names, table), timings)}
-            missing = [c for c in sql.expected_columns(table) if c not in present]
-            if missing:
-                raise LoadError(
-                    f"table {names.q(table)} exists but lacks columns {missing}; it was created by"
-                    " an older version: add them (ALTER TABLE ... ADD COLUMN) or recreate it"
-                )
+            _upgrade_table(cur, names, table, timings)
         for stmt in sql.create_views(names) if views else []:
             _run(cur, stmt, timings)
     logger.debug("warehouse objects ensured", extra={"timings": timings})
+
+
+def _upgrade_table(cur: Any, names: Names, table: str, timings: dict[str, float]) -> None:
+    """Add the nullable columns a table from an older version lacks; refuse any other gap.
+
+    Only ``sql.ADDED_COLUMNS`` are added (``ADD COLUMN IF NOT EXISTS``: idempotent, and safe
+    when two loads upgrade at once); existing rows keep their values and read NULL there. A
+    missing column outside that list raises LoadError naming the columns and the fix.
+    """
+    present = {r[0].upper() for r in _run(cur, sql.table_columns(names, table), timings)}
+    missing = [c for c in sql.expected_columns(table) if c not in present]
+    addable = set(sql.ADDED_COLUMNS.get(table, ()))
+    if not missing:
+        return
+    if not set(missing) <= addable:
+        raise LoadError(
+            f"table {names.q(table)} exists but lacks columns"
+            f" {[c for c in missing if c not in addable]}; it was created by an older version:"
+            " add them (ALTER TABLE ... ADD COLUMN) or recreate it"
+        )
+    for column in missing:
+        _run(cur, sql.add_column(names, table, column), timings)
+    logger.info(
+        "table upgraded: columns added", extra={"table": names.q(table), "columns": missing}
+    )
 
 
 def _ensure_schema(cur: Any, names: Names, timings: dict[str, float]) -> None:
@@ -550,4 +588,20 @@ def _run_values(run: RunInfo, **load: Any) -> dict[str, Any]:
         "rejected_key": run.rejected_key,
         "dominance_basis": load["dominance_basis"],
         "quality": quality,
+        **_coverage_values(run.coverage),
+    }
+
+
+def _coverage_values(cov: Coverage | None) -> dict[str, Any]:
+    """The ETL_RUNS coverage columns (lower-case) of ``cov``; all None (NULL) without one."""
+    if cov is None:
+        return dict.fromkeys(c.lower() for c in sql.ADDED_COLUMNS[sql.ETL_RUNS])
+    return {
+        "coins_fetched": cov.coins_fetched,
+        "active_cryptocurrencies": cov.active_cryptocurrencies,
+        "coin_coverage_pct": cov.coin_pct,
+        "market_cap_fetched": cov.market_cap_fetched,
+        "total_market_cap": cov.total_market_cap,
+        "market_cap_coverage_pct": cov.market_cap_pct,
+        "coverage_warning": cov.warning,
     }

@@ -86,7 +86,30 @@ ETL_RUN_COLUMNS: tuple[tuple[str, str], ...] = (
     ("REJECTED_KEY", "VARCHAR(1024)"),
     ("DOMINANCE_BASIS", "VARCHAR(16)"),
     ("QUALITY", "VARCHAR"),
+    # Coverage against CoinGecko /global (the Transform output's ``coverage``); added after
+    # the first release, so ``ensure_objects`` adds them to an older ETL_RUNS (all nullable).
+    ("COINS_FETCHED", "INTEGER"),
+    ("ACTIVE_CRYPTOCURRENCIES", "INTEGER"),
+    ("COIN_COVERAGE_PCT", "FLOAT"),
+    ("MARKET_CAP_FETCHED", "FLOAT"),
+    ("TOTAL_MARKET_CAP", "FLOAT"),
+    ("MARKET_CAP_COVERAGE_PCT", "FLOAT"),
+    ("COVERAGE_WARNING", "VARCHAR"),
 )
+# Columns a table may lack because an older version created it, and that the load adds itself
+# (ALTER TABLE ... ADD COLUMN IF NOT EXISTS): nullable, so existing rows read NULL. A missing
+# column outside this list is an error for an operator.
+ADDED_COLUMNS: dict[str, tuple[str, ...]] = {
+    ETL_RUNS: (
+        "COINS_FETCHED",
+        "ACTIVE_CRYPTOCURRENCIES",
+        "COIN_COVERAGE_PCT",
+        "MARKET_CAP_FETCHED",
+        "TOTAL_MARKET_CAP",
+        "MARKET_CAP_COVERAGE_PCT",
+        "COVERAGE_WARNING",
+    ),
+}
 # Timestamps/dates are bound as ISO text and cast (CAST also passes NULL through on fakesnow,
 # where TO_TIMESTAMP_TZ(NULL) fails).
 _RUN_CASTS = {
@@ -241,6 +264,23 @@ def expected_columns(table: str) -> tuple[str, ...]:
             "FIRST_SNAPSHOT_ID", "LAST_SNAPSHOT_ID", "LAST_MARKET_CAP_RANK",
         )  # fmt: skip
     raise ValueError(table)
+
+
+def add_column(n: Names, table: str, column: str) -> Statement:
+    """Add one of ``ADDED_COLUMNS[table]`` to a table an older version created.
+
+    ``ADD COLUMN IF NOT EXISTS`` (Snowflake: docs.snowflake.com/en/sql-reference/sql/alter-table;
+    the emulator accepts it too), so two loads upgrading at once both succeed. DDL commits
+    implicitly on Snowflake: run it outside the load's transaction. Raises ValueError for a
+    column that is not in ``ADDED_COLUMNS[table]``.
+    """
+    if column not in ADDED_COLUMNS.get(table, ()):
+        raise ValueError(f"{table}.{column} is not a column the load may add")
+    column_type = dict(ETL_RUN_COLUMNS)[column]  # ADDED_COLUMNS holds ETL_RUNS columns only
+    return Statement(
+        f"add column {table}.{column}",
+        f"ALTER TABLE {n.q(table)} ADD COLUMN IF NOT EXISTS {column} {column_type}",
+    )
 
 
 def schema_exists(n: Names) -> Statement:

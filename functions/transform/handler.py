@@ -5,9 +5,19 @@ Input: the Extract contract (``bucket``, ``snapshot_id``, ``run_id``, ``partitio
 ``global_error`` saying why), ``fetched_at``, ``fetch_date``, ``vs_currency``, ``max_coins``,
 counts...). Every page is checked against the manifest's SHA-256 before it is used, and the
 processed file is parsed back (row count, field count) before it is written.
+``max_coins`` is an integer >= 1, null, or ``"all"`` (the whole market: no cap).
 Output: the input plus ``processed_key``, ``rejected_key`` (always written; header only when
-nothing was refused), ``row_count``, ``rejected_count``, ``duplicate_count`` and ``quality``
-(see ``transform.py``), all under the run's own ``run=`` prefix.
+nothing was refused), ``row_count``, ``rejected_count``, ``duplicate_count``, ``quality``
+(see ``transform.py``) and ``coverage`` (see ``coverage.py``), all under the run's own ``run=``
+prefix.
+
+Environment: ``LAKE_BUCKET`` / ``LAKE_LOCAL_DIR`` (the lake), ``COVERAGE_MIN_PCT`` (a percentage,
+0 to 100, default 90: below it the coverage against ``/global`` is a logged warning, not a
+failure; any other value raises ConfigError), ``POWERTOOLS_LOG_LEVEL`` / ``LOG_LEVEL``.
+
+Memory: pages are read, checked and parsed one at a time while the transform builds its table
+(the page dicts of one chunk of rows are alive at a time), and the processed file is encoded and
+gzip'd in chunks, so a 100k-coin market fits a 512 MB Lambda.
 """
 
 from __future__ import annotations
@@ -17,17 +27,20 @@ import json
 import os
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any, TypeVar
+
+import orjson
 
 from functions.common import keys
 from functions.common.errors import DataQualityError, ValidationError
 from functions.common.log import get_logger
 from functions.common.storage import Storage, get_json, storage_from_env
+from functions.transform.coverage import coins_fetched, coverage, min_pct_from_env
 from functions.transform.csv_gz import rejected_to_csv_gz, to_csv_gz, verify_csv_gz
-from functions.transform.transform import empty_message, transform
+from functions.transform.transform import MAX_COINS_ALL, empty_message, transform
 
 logger = get_logger("transform")
 
@@ -35,6 +48,13 @@ GZIP_CONTENT_TYPE = "application/gzip"
 _T = TypeVar("_T")
 _CURRENCY_RE = re.compile(r"[A-Za-z0-9_-]{1,16}")
 _SHA256_RE = re.compile(r"[0-9a-f]{64}")
+# A byte map under which an integer literal of 19+ digits (one orjson may read as a float: it
+# holds 64-bit integers only; Python's json keeps any integer) shows as " " + 19 "0"s: digits
+# become "0", the bytes that can precede a fraction's or exponent's digits keep a non-space.
+_NUMBER_SHAPE = bytes(
+    ord("0") if 48 <= b <= 57 else b if b in b".eE+" else ord(" ") for b in range(256)
+)
+_LONG_INTEGER = b" " + b"0" * 19
 
 
 @dataclass(frozen=True)
@@ -53,6 +73,7 @@ class TransformRequest:
     fetch_date: date
     vs_currency: str
     max_coins: int | None
+    whole_market: bool = False  # max_coins was "all"
 
 
 def _parse(value: Any, parser: Callable[[str], _T], field: str, what: str) -> _T:
@@ -101,10 +122,15 @@ def parse_event(event: Any, *, bucket: str) -> TransformRequest:
             "vs_currency", f"{vs_currency!r} must be 1-16 letters, digits, '_' or '-'"
         )
     max_coins = event.get("max_coins")
-    if max_coins is not None and (
+    whole_market = max_coins == MAX_COINS_ALL
+    if whole_market:
+        max_coins = None
+    elif max_coins is not None and (
         isinstance(max_coins, bool) or not isinstance(max_coins, int) or max_coins < 1
     ):
-        raise ValidationError("max_coins", f"{max_coins!r} must be an integer >= 1")
+        raise ValidationError(
+            "max_coins", f"{max_coins!r} must be an integer >= 1 or {MAX_COINS_ALL!r}"
+        )
     return TransformRequest(
         bucket=bucket,
         snapshot_id=snapshot_id,
@@ -118,6 +144,7 @@ def parse_event(event: Any, *, bucket: str) -> TransformRequest:
         fetch_date=fetch_date,
         vs_currency=vs_currency,
         max_coins=max_coins,
+        whole_market=whole_market,
     )
 
 
@@ -151,6 +178,22 @@ def check_manifest(manifest: Any, request: TransformRequest) -> list[tuple[str, 
     return page_keys
 
 
+def parse_page(body: bytes) -> Any:
+    """A page's JSON, exactly as Python's ``json.loads`` reads it, ~2-4x faster.
+
+    orjson reads strict JSON into the same values; what it refuses (``NaN``/``Infinity``
+    literals, numbers beyond a double's range, lone surrogates, a BOM, UTF-16/32) and integer
+    literals of 19 digits or more (read as floats beyond 64 bits) are left to ``json``, whose
+    readings the transform's rules are written for. Raises ValueError / UnicodeDecodeError.
+    """
+    if _LONG_INTEGER in (b" " + body).translate(_NUMBER_SHAPE):
+        return json.loads(body)
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return json.loads(body)
+
+
 def read_page(storage: Storage, key: str, sha256: str) -> Any:
     """The page's parsed JSON, after checking its bytes against the manifest's SHA-256.
 
@@ -166,9 +209,32 @@ def read_page(storage: Storage, key: str, sha256: str) -> Any:
             " the page changed after the Extract wrote the manifest; re-run the snapshot",
         )
     try:
-        return json.loads(body)
+        return parse_page(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ValidationError(key, f"is not valid JSON ({exc})") from exc
+
+
+class LazyPages(Sequence[Any]):
+    """The run's pages in manifest order, each read, checked and parsed when the transform asks
+    for it (and not kept): the parsed pages are never all alive at once."""
+
+    def __init__(self, storage: Storage, page_keys: list[tuple[str, str]]) -> None:
+        self._storage = storage
+        self._keys = page_keys
+        self.read_s = 0.0  # seconds spent reading and parsing (for the timings log)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def __getitem__(self, index: Any) -> Any:
+        if not isinstance(index, int):
+            raise TypeError("LazyPages is indexed by page position only")
+        started = time.perf_counter()
+        key, digest = self._keys[index]
+        try:
+            return read_page(self._storage, key, digest)
+        finally:
+            self.read_s += time.perf_counter() - started
 
 
 def describe_failed_checks(failed: list[Mapping[str, Any]]) -> str:
@@ -183,22 +249,31 @@ def describe_failed_checks(failed: list[Mapping[str, Any]]) -> str:
     return "; ".join(parts)
 
 
-def run(event: Mapping[str, Any], *, storage: Storage) -> dict[str, Any]:
-    """Validate, read the raw files, transform, write processed/rejected; return the contract."""
+def run(
+    event: Mapping[str, Any], *, storage: Storage, min_pct: float | None = None
+) -> dict[str, Any]:
+    """Validate, read the raw files, transform, write processed/rejected; return the contract.
+
+    ``min_pct`` is the coverage threshold (%); None reads ``COVERAGE_MIN_PCT`` (ConfigError when
+    it is not a percentage).
+    """
+    if min_pct is None:
+        min_pct = min_pct_from_env(os.environ)
     request = parse_event(event, bucket=storage.bucket)
     logger.append_keys(snapshot_id=request.snapshot_id)
     timings: dict[str, float] = {}
     started = time.perf_counter()
     manifest = get_json(storage, request.manifest_key)
     page_keys = check_manifest(manifest, request)
-    pages = [read_page(storage, key, digest) for key, digest in page_keys]
     global_body = get_json(storage, request.global_key) if request.global_key else None
     global_error = request.global_error
     if global_body is None and not global_error:
         global_error = manifest.get("global_error") or "the Extract stored no /global body"
-    timings["read_s"] = time.perf_counter() - started
+    read_s = time.perf_counter() - started
 
     started = time.perf_counter()
+    # Pages are read (SHA-256 checked, parsed) as the transform takes them, in page order.
+    pages = LazyPages(storage, page_keys)
     result = transform(
         manifest,
         pages,
@@ -207,11 +282,12 @@ def run(event: Mapping[str, Any], *, storage: Storage) -> dict[str, Any]:
         fetched_at=request.fetched_at,
         fetch_date=request.fetch_date,
         vs_currency=request.vs_currency,
-        max_coins=request.max_coins,
+        max_coins=MAX_COINS_ALL if request.whole_market else request.max_coins,
         allow_empty=True,
         global_error=global_error if global_body is None else None,
     )
-    timings["transform_s"] = time.perf_counter() - started
+    timings["read_s"] = read_s + pages.read_s
+    timings["transform_s"] = time.perf_counter() - started - pages.read_s
 
     started = time.perf_counter()
     # Always written (header only when nothing was refused): a retried or re-run snapshot then
@@ -228,8 +304,21 @@ def run(event: Mapping[str, Any], *, storage: Storage) -> dict[str, Any]:
     # the warehouse's COPY with an opaque error.
     verify_csv_gz(data, result.row_count)
     storage.put_bytes(processed_key, data, GZIP_CONTENT_TYPE)
+    del data
     timings["write_s"] = time.perf_counter() - started
 
+    covered = coverage(
+        coins=coins_fetched(
+            result.processed["coin_id"].tolist(), result.rejected["coin_id"].tolist()
+        ),
+        market_cap_fetched=float(result.processed["market_cap"].sum(skipna=True)),
+        global_body=global_body,
+        vs_currency=request.vs_currency,
+        min_pct=min_pct,
+        whole_market=request.whole_market,
+    )
+    if covered["warning"]:
+        logger.warning(f"coverage: {covered['warning']}", extra={"coverage": covered})
     failed = [c for c in quality["checks"] if not c["passed"]]
     if failed:
         logger.warning(
@@ -240,6 +329,7 @@ def run(event: Mapping[str, Any], *, storage: Storage) -> dict[str, Any]:
         "transform done",
         extra={
             "quality": quality,
+            "coverage": covered,
             "processed_key": processed_key,
             "rejected_key": rejected_key,
             "timings": {k: round(v, 4) for k, v in timings.items()},
@@ -253,6 +343,7 @@ def run(event: Mapping[str, Any], *, storage: Storage) -> dict[str, Any]:
         "rejected_count": result.rejected_count,
         "duplicate_count": result.duplicate_count,
         "quality": quality,
+        "coverage": covered,
     }
 
 
@@ -260,4 +351,5 @@ def handler(event: dict, context: Any) -> dict:
     """Lambda entry point: configuration (LAKE_BUCKET / LAKE_LOCAL_DIR) is read at call time."""
     logger.setLevel(os.environ.get("POWERTOOLS_LOG_LEVEL") or os.environ.get("LOG_LEVEL") or "INFO")
     logger.remove_keys(["snapshot_id"])
-    return run(event, storage=storage_from_env(dict(os.environ)))
+    min_pct = min_pct_from_env(os.environ)
+    return run(event, storage=storage_from_env(dict(os.environ)), min_pct=min_pct)

@@ -100,6 +100,7 @@ from functions.common.schema import COLUMN_NAMES, PROCESSED_COLUMNS, REJECT_REAS
 BASIS_GLOBAL = "global"
 BASIS_FETCHED = "fetched"
 SUM_EPSILON = 1e-6
+MAX_COINS_ALL = "all"  # max_coins of a whole-market run (the Extract pages until the end)
 SAMPLE_SIZE = 20  # coin ids named per failed check, rejected rows sampled in the quality summary
 
 # Extra columns of the rejected file (after the processed columns and the reason).
@@ -411,16 +412,35 @@ def _page_entries(manifest: Mapping[str, Any], n_pages: int) -> list[tuple[int, 
     return out
 
 
+# Rows whose page dicts are turned into columns at a time: only one chunk's dicts (plus the page
+# being read) are alive, not every page's (~2.3 KB a coin as dicts, ~0.3 KB as object columns).
+FRAME_CHUNK_ROWS = 5_000
+
+
+@dataclass
+class _Assembled:
+    """The kept rows as one object frame (positional index), and where each row came from."""
+
+    frame: pd.DataFrame
+    not_object: pd.Series  # bool: the list entry is not a JSON object
+    odd_entries: np.ndarray  # object: the entries that are not objects, None elsewhere
+    page_arr: np.ndarray
+    row_arr: np.ndarray
+    trimmed: int
+
+
 def _assemble(
     manifest: Mapping[str, Any], pages: Sequence[Any], max_coins: int | None
-) -> tuple[list[Any], np.ndarray, np.ndarray, int]:
-    """Rows in page order, cut to the manifest counts and max_coins; (rows, page, row, trimmed)."""
+) -> _Assembled:
+    """Rows in page order, cut to the manifest counts and max_coins, as a frame built chunk by
+    chunk (each page is taken from ``pages`` once and not kept)."""
     entries = _page_entries(manifest, len(pages))
     order = sorted(range(len(pages)), key=lambda i: entries[i][0])
-    rows: list[Any] = []
+    pending: list[Any] = []
+    parts: list[tuple[pd.DataFrame, pd.Series, np.ndarray]] = []
     page_nums: list[np.ndarray] = []
     row_nums: list[np.ndarray] = []
-    trimmed = 0
+    trimmed = taken = 0
     for i in order:
         page, count = entries[i]
         body = pages[i]
@@ -433,16 +453,56 @@ def _assemble(
             raise ValidationError(
                 f"page {page}", f"holds {len(body)} rows but the manifest count is {keep}"
             )
-        trimmed += len(body) - keep
-        rows.extend(body[:keep])
-        page_nums.append(np.full(keep, page, dtype=np.int64))
-        row_nums.append(np.arange(1, keep + 1, dtype=np.int64))
+        take = keep if max_coins is None else max(0, min(keep, max_coins - taken))
+        trimmed += len(body) - take
+        taken += take
+        pending.extend(body[:take])
+        del body
+        page_nums.append(np.full(take, page, dtype=np.int64))
+        row_nums.append(np.arange(1, take + 1, dtype=np.int64))
+        if len(pending) >= FRAME_CHUNK_ROWS:
+            parts.append(_frame_part(pending))
+            pending = []
+    if pending or not parts:
+        parts.append(_frame_part(pending))
+    del pending
+    frame = _join_frames([part[0] for part in parts])
+    not_object = pd.Series(np.concatenate([part[1].to_numpy(dtype=bool) for part in parts]))
+    odd_entries = np.concatenate([part[2] for part in parts])
     page_arr = np.concatenate(page_nums) if page_nums else np.empty(0, dtype=np.int64)
     row_arr = np.concatenate(row_nums) if row_nums else np.empty(0, dtype=np.int64)
-    if max_coins is not None and len(rows) > max_coins:
-        trimmed += len(rows) - max_coins
-        rows, page_arr, row_arr = rows[:max_coins], page_arr[:max_coins], row_arr[:max_coins]
-    return rows, page_arr, row_arr, trimmed
+    return _Assembled(frame, not_object, odd_entries, page_arr, row_arr, trimmed)
+
+
+def _frame_part(rows: list[Any]) -> tuple[pd.DataFrame, pd.Series, np.ndarray]:
+    """``_frame`` of one chunk of rows, plus its entries that are not objects (None elsewhere)."""
+    frame, not_object = _frame(rows)
+    odd = np.full(len(rows), None, dtype=object)
+    flags = not_object.to_numpy(dtype=bool)
+    if flags.any():
+        odd[flags] = pd.Series(rows, dtype=object).to_numpy()[flags]
+    return frame, not_object, odd
+
+
+def _join_frames(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    """The chunks' frames stacked, columns in order of first appearance, a column missing from
+    a chunk NaN there: the frame ``pd.DataFrame(all rows, dtype=object)`` gives."""
+    if len(frames) == 1:
+        return frames[0]
+    names = list(dict.fromkeys(name for frame in frames for name in frame.columns))
+    data = {
+        name: np.concatenate(
+            [
+                frame[name].to_numpy(dtype=object)
+                if name in frame.columns
+                else np.full(len(frame), np.nan, dtype=object)
+                for frame in frames
+            ]
+        )
+        for name in names
+    }
+    n = sum(len(frame) for frame in frames)
+    return pd.DataFrame(data, index=pd.RangeIndex(n), columns=pd.Index(names, dtype=object))
 
 
 def _is_nan(value: Any) -> bool:
@@ -499,7 +559,9 @@ def _frame(rows: list[Any]) -> tuple[pd.DataFrame, pd.Series]:
 # --- dominance ------------------------------------------------------------------------------
 
 
-def _positive_number(value: Any) -> float | None:
+def positive_number(value: Any) -> float | None:
+    """A positive finite number (a JSON number or numeric text, as ``/global``'s totals are
+    read), else None."""
     if isinstance(value, bool) or not isinstance(value, int | float | str):
         return None
     try:
@@ -522,7 +584,7 @@ def global_totals(global_body: Any, vs_currency: str) -> tuple[float | None, flo
     for name in ("total_market_cap", "total_volume"):
         table = data.get(name)
         raw = table.get(vs) if isinstance(table, Mapping) else None
-        value = _positive_number(raw)
+        value = positive_number(raw)
         found.append(value)
         if value is None:
             what = "lacks" if raw is None else f"has {raw!r} for"
@@ -861,16 +923,21 @@ def transform(
     fetched_at: str | datetime,
     fetch_date: str | date,
     vs_currency: str,
-    max_coins: int | None = None,
+    max_coins: int | str | None = None,
     allow_empty: bool = False,
     global_error: str | None = None,
 ) -> TransformResult:
     """Turn the raw pages (aligned with ``manifest["pages"]``) into processed and rejected rows.
 
+    ``pages`` is any sequence: each page is taken once, in page-number order, and not kept (the
+    handler passes one that reads a page when it is taken), so only ``FRAME_CHUNK_ROWS`` rows of
+    parsed JSON are alive at a time.
+
     ``global_body`` is the parsed ``/global`` body or None (fallback basis); ``global_error``
     says why it is None (e.g. ``"HTTP 403: This endpoint is temporarily unavailable"``) and is
     then reported as ``quality["dominance_basis_reason"] = "/global unavailable: <it>"`` (it is
-    ignored when there is a body). ``max_coins`` defaults to ``manifest["max_coins"]``.
+    ignored when there is a body). ``max_coins`` defaults to ``manifest["max_coins"]`` (an
+    integer; ``"all"`` there or here means no cap).
     Raises ValidationError for pages that do not match the manifest, and DataQualityError when
     no row is valid unless ``allow_empty`` (the handler writes the rejected rows first, then
     raises itself). The shapes of the result are in the module docstring.
@@ -878,22 +945,28 @@ def transform(
     fetched = _parse_fetched_at(fetched_at)
     day = _parse_fetch_date(fetch_date)
     manifest_max = manifest.get("max_coins")
-    if max_coins is None and isinstance(manifest_max, int) and not isinstance(manifest_max, bool):
+    if max_coins == MAX_COINS_ALL:  # the whole market: no cap, whatever the manifest says
+        max_coins = None
+    elif max_coins is None and isinstance(manifest_max, int) and not isinstance(manifest_max, bool):
         max_coins = manifest_max
-    rows, page_arr, row_arr, trimmed = _assemble(manifest, pages, max_coins)
-    frame, not_object = _frame(rows)
+    assembled = _assemble(manifest, pages, max_coins)
+    frame, not_object = assembled.frame, assembled.not_object
+    page_arr, row_arr, trimmed = assembled.page_arr, assembled.row_arr, assembled.trimmed
     n = len(frame)
 
     problems = _Problems(n)
-    problems.add("not_an_object", not_object, pd.Series(rows, dtype=object), "row")
+    problems.add("not_an_object", not_object, pd.Series(assembled.odd_entries, dtype=object), "row")
     cols = _normalise(frame, not_object, problems)
+    dropped_fields = sorted(set(map(_printable_name, frame.columns)) - USED_FIELDS)
+    index = frame.index
+    del assembled, frame  # the raw cells: cols hold what is kept
 
     cap_total, vol_total, why_not = global_totals(global_body, vs_currency)
     if global_body is None and global_error:
         why_not = f"/global unavailable: {global_error}"
 
     def kept() -> pd.Series:
-        rejected_now = pd.Series(problems.rejected, index=frame.index)
+        rejected_now = pd.Series(problems.rejected, index=index)
         ids = cols["coin_id"].where(~rejected_now)
         return ~rejected_now & ~(ids.notna() & ids.duplicated(keep="first"))
 
@@ -913,7 +986,7 @@ def transform(
         )
     basis = BASIS_GLOBAL if cap_total is not None and vol_total is not None else BASIS_FETCHED
 
-    rejected_mask = pd.Series(problems.rejected, index=frame.index)
+    rejected_mask = pd.Series(problems.rejected, index=index)
     accepted_ids = cols["coin_id"].where(~rejected_mask)
     dup_mask = accepted_ids.notna() & accepted_ids.duplicated(keep="first")
     keep = ~rejected_mask & ~dup_mask
@@ -923,12 +996,12 @@ def transform(
 
     cols["market_cap_dominance_pct"] = _percent(cols["market_cap"], cap_total)
     cols["volume_pct"] = _percent(cols["total_volume"], vol_total)
-    cols["snapshot_id"] = pd.Series(snapshot_id, index=frame.index, dtype=object)
-    cols["fetched_at"] = pd.Series(fetched, index=frame.index).astype("datetime64[us, UTC]")
-    cols["fetch_date"] = pd.Series([day] * n, index=frame.index, dtype=object)
-    cols["vs_currency"] = pd.Series(vs_currency, index=frame.index, dtype=object)
-    cols["dominance_basis"] = pd.Series(basis, index=frame.index, dtype=object)
-    table = pd.DataFrame({name: cols[name] for name in COLUMN_NAMES}, index=frame.index)
+    cols["snapshot_id"] = pd.Series(snapshot_id, index=index, dtype=object)
+    cols["fetched_at"] = pd.Series(fetched, index=index).astype("datetime64[us, UTC]")
+    cols["fetch_date"] = pd.Series([day] * n, index=index, dtype=object)
+    cols["vs_currency"] = pd.Series(vs_currency, index=index, dtype=object)
+    cols["dominance_basis"] = pd.Series(basis, index=index, dtype=object)
+    table = pd.DataFrame({name: cols[name] for name in COLUMN_NAMES}, index=index)
 
     processed = table[keep.to_numpy()].reset_index(drop=True)
     rej = rejected_mask.to_numpy()
@@ -961,7 +1034,7 @@ def transform(
         "total_volume": float(vol_total),
         "dominance_sum_pct": dominance_sum,
         "volume_sum_pct": volume_sum,
-        "dropped_fields": sorted(set(map(_printable_name, frame.columns)) - USED_FIELDS),
+        "dropped_fields": dropped_fields,
         "checks": checks,
         "failed_checks": [c["name"] for c in checks if not c["passed"]],
         "passed": all(c["passed"] for c in checks),

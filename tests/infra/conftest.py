@@ -83,6 +83,7 @@ def options_synth(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Synth]:
         snowflake_role="ETL_ROLE",
         coingecko_api_plan="demo",
         coingecko_max_retry_wait_seconds="60",
+        coingecko_rate_limit="30/60",
         aws_sdk_pandas_layer_arn=(
             "arn:aws:lambda:eu-west-1:336392948345:layer:AWSSDKPandas-Python312-Arm64:20"
         ),

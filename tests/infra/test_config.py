@@ -69,6 +69,11 @@ def test_command_line_strings_are_parsed() -> None:
         ("aws_sdk_pandas_version", "latest", "not a version"),
         ("aws_sdk_pandas_layer_arn", "arn:aws:lambda:eu-west-1:1:layer:x", "not a layer version"),
         ("stack_name", "1stack", "not a valid CloudFormation stack name"),
+        ("coingecko_rate_limit", "30 per minute", "must be N/W"),
+        ("coingecko_rate_limit", "30/0", "must be N/W"),
+        ("coingecko_rate_limit", "0/60", "must be N/W"),
+        ("execution_input", '{"max_coins": "everything"}', 'integer >= 1 or "all"'),
+        ("execution_input", '{"max_coins": 0}', 'integer >= 1 or "all"'),
     ],
 )
 def test_bad_values_are_refused_naming_the_key(key: str, value: str, problem: str) -> None:
@@ -76,6 +81,12 @@ def test_bad_values_are_refused_naming_the_key(key: str, value: str, problem: st
         _settings(**{key: value})
     assert info.value.key == key
     assert repr(key) in str(info.value)
+
+
+def test_whole_market_input_and_rate_limit_are_accepted() -> None:
+    s = _settings(execution_input='{"max_coins": "all"}', coingecko_rate_limit="30/60")
+    assert (s.execution_input, s.coingecko_rate_limit) == ({"max_coins": "all"}, "30/60")
+    assert _settings(coingecko_rate_limit="OFF").coingecko_rate_limit == "off"
 
 
 def test_pandas_layer_parameter_follows_the_configured_version() -> None:

@@ -165,6 +165,7 @@ def test_function_environment(default_synth: Synth, options_synth: Synth) -> Non
     }
     assert env["extract"]["COINGECKO_API_PLAN"] == "public"
     assert "COINGECKO_MAX_RETRY_WAIT_SECONDS" not in env["extract"]
+    assert "COINGECKO_RATE_LIMIT" not in env["extract"]  # the plan's default budget
     assert env["load"]["SNOWFLAKE_SECRET_ARN"] == {
         "Ref": default_synth.logical_id(secrets.snowflake)
     }
@@ -181,6 +182,7 @@ def test_function_environment(default_synth: Synth, options_synth: Synth) -> Non
     }
     assert opt["extract"]["COINGECKO_API_PLAN"] == "demo"
     assert opt["extract"]["COINGECKO_MAX_RETRY_WAIT_SECONDS"] == "60"
+    assert opt["extract"]["COINGECKO_RATE_LIMIT"] == "30/60"
     assert opt["load"]["SNOWFLAKE_WAREHOUSE"] == "ETL_WH"
     assert opt["load"]["SNOWFLAKE_ROLE"] == "ETL_ROLE"
 
@@ -251,8 +253,9 @@ def _expected(synth: Synth, name: str) -> set[Statement]:
     return {
         "extract": {
             logs,
-            # The snapshot index: read to reuse the snapshot's partition date, created on run 1.
-            Statement("Allow", ("s3:GetObject",), objects("snapshots/"), ""),
+            # The snapshot index: read to reuse the snapshot's partition date, created on run 1;
+            # raw/: its own progress.json, between the invocations of the deadline loop.
+            Statement("Allow", ("s3:GetObject",), objects("raw/", "snapshots/"), ""),
             Statement("Allow", ("s3:PutObject",), objects("raw/", "snapshots/"), ""),
             listing("raw/", "snapshots/"),
             secret(secrets.coingecko),
@@ -298,8 +301,10 @@ def test_negative_permissions(default_synth: Synth) -> None:
     assert not is_allowed(st["transform"], "s3:GetObject", index)
     assert not is_allowed(st["transform"], "s3:PutObject", index)
 
-    # extract reads only the index (in particular not processed/), writes only raw/ and it.
-    for prefix in ("raw/", "processed/", "rejected/", ""):
+    # extract reads raw/ (its own progress.json, between invocations of the deadline loop) and
+    # the index, not processed/ or rejected/; writes only raw/ and the index.
+    assert is_allowed(st["extract"], "s3:GetObject", f"{bucket}/raw/{key}")
+    for prefix in ("processed/", "rejected/", ""):
         assert not is_allowed(st["extract"], "s3:GetObject", f"{bucket}/{prefix}{key}")
     for prefix in ("processed/", "rejected/", ""):
         assert not is_allowed(st["extract"], "s3:PutObject", f"{bucket}/{prefix}{key}")

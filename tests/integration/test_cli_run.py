@@ -75,6 +75,10 @@ def test_json_prints_one_summary_object_and_progress_goes_to_stderr(tmp_path: Pa
         "pages": 2,
         "api_calls": 3,  # 2 pages + /global
         "retries": 0,
+        "rate_limited": 0,
+        "rate_limit_waits": 0,
+        "rate_limit_wait_seconds": 0.0,
+        "extract_invocations": 1,
         "rows": 300,
         "rows_inserted": 300,
         "rows_replaced": 0,
@@ -88,6 +92,10 @@ def test_json_prints_one_summary_object_and_progress_goes_to_stderr(tmp_path: Pa
     assert (summary["failed_state"], summary["error"], summary["error_message"]) == (None,) * 3
     assert summary["paging"]["stop_reason"] == "max_coins"
     assert summary["dominance"]["basis"] == "global"
+    assert summary["extract_invocation_seconds"][0] > 0
+    assert summary["rate_limit"] is None  # the local server is not paced unless asked
+    coverage = summary["coverage"]
+    assert (coverage["coins_fetched"], coverage["whole_market"]) == (300, False)
     assert summary["lake"] == str((local_dir / "lake").resolve())
     assert summary["warehouse"] == str((local_dir / "warehouse").resolve())
     assert (Path(summary["lake"]) / summary["processed_key"]).is_file()
@@ -185,7 +193,7 @@ def test_progress_lines_come_in_order_and_flushed_even_when_the_history_is_polle
     original = local_runner.LocalStepFunctions.execute
 
     def slow_poll(self: Any, *args: Any, **kwargs: Any) -> Any:
-        kwargs["poll_seconds"] = 0.5
+        kwargs["poll_seconds"] = 5.0
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(local_runner.LocalStepFunctions, "execute", slow_poll)
@@ -240,7 +248,8 @@ def test_an_unresolvable_api_host_fails_after_one_short_retry(tmp_path: Path):
     )  # fmt: skip
     took = time.monotonic() - started
     assert proc.returncode == 1, proc.stdout + proc.stderr
-    assert proc.stdout.count("↻ NameResolutionError") == 1  # one retry
+    # one short retry per request: /global (first; auxiliary, so the run goes on) and page 1
+    assert proc.stdout.count("↻ NameResolutionError") == 2
     assert took < 40, f"took {took:.0f}s"
     assert "failed state  Extract" in proc.stdout
     assert "did not resolve 2 times" in proc.stdout

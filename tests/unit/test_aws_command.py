@@ -47,12 +47,20 @@ def _stack(outputs: dict[str, str], name: str = "CryptoEtl") -> None:
     )
 
 
-def _handlers(fail: bool = False) -> dict[str, Any]:
+def _handlers(fail: bool = False, loops: int = 0) -> dict[str, Any]:
+    """Stand-ins; the extract answers ``done: false`` ``loops`` times first (deadline loop)."""
+    calls = []
+
     def extract(event: dict[str, Any], context: Any) -> dict[str, Any]:
         if fail:
             raise SourceError("CoinGecko answered 401: invalid API key")
+        calls.append(1)
+        if len(calls) <= loops:
+            return {"done": False, "next_page": len(calls) + 1, "pages": len(calls),
+                    "invocations": len(calls)}  # fmt: skip
         return {
             **event["input"],
+            "done": True,
             "bucket": "lake-bucket",
             "coin_count": 3,
             "pages": 1,
@@ -84,6 +92,13 @@ def deployed() -> Iterator[LocalStepFunctions]:
 
 
 @pytest.fixture
+def deployed_looping() -> Iterator[LocalStepFunctions]:
+    with LocalStepFunctions(_handlers(loops=2), retry_sleep=lambda s: None) as sfn:
+        _stack({"StateMachineArn": sfn.state_machine_arn, "LakeBucketName": "lake-bucket"})
+        yield sfn
+
+
+@pytest.fixture
 def deployed_failing() -> Iterator[LocalStepFunctions]:
     with LocalStepFunctions(_handlers(fail=True), retry_sleep=lambda s: None) as sfn:
         _stack({"StateMachineArn": sfn.state_machine_arn})
@@ -110,6 +125,18 @@ def test_run_starts_the_deployed_state_machine_and_reports_success(deployed):
     assert "3 rows for the snapshot (replacing 5)" in out
     assert "s3://lake-bucket/processed/x.csv.gz" in out
     assert "Traceback" not in out + err
+
+
+def test_the_extract_deadline_loop_shows_as_one_state_with_its_invocations(deployed_looping):
+    code, out, err = _run(["aws", "run", *FAST])
+    assert code == 0, out + err
+    assert [i["function"] for i in deployed_looping.invocations] == [
+        "extract", "extract", "extract", "transform", "load",
+    ]  # fmt: skip
+    progress = [ln.split()[1] for ln in out.splitlines() if ln[:1] in ("▶", "✓")]
+    assert progress == ["Extract", "Extract", "Transform", "Transform", "Load", "Load"]
+    assert "↺ invocation 1 stopped before page 2 (Lambda deadline) with 1 page" in out
+    assert "↺ invocation 2 stopped before page 3" in out
 
 
 def test_json_prints_one_object_on_stdout_and_progress_on_stderr(deployed):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -254,8 +255,24 @@ def test_runs_does_not_report_a_simulated_fetch_time_as_a_duration():
     real = (loaded, *row, loaded - timedelta(seconds=12), "arn:x:exec-1", None)
     simulated = (loaded, *row, loaded - timedelta(days=2), "arn:x:exec-2", None)
     got = runs_rows([real, simulated])
-    assert got[0][9] == 12.0 and got[0][11] == ""
-    assert got[1][9] is None and "simulated" in got[1][11]
+    assert got[0][11] == 12.0 and got[0][13] == ""
+    assert got[1][11] is None and "simulated" in got[1][13]
+
+
+def test_runs_shows_coverage_and_its_warning():
+    from datetime import UTC, datetime, timedelta
+
+    from local_mode.warehouse_commands import RUNS_HEADERS, runs_rows
+
+    loaded = datetime(2026, 11, 29, 22, 0, tzinfo=UTC)
+    row = (loaded, "SUCCEEDED", "s", "usd", 10, 10, 10, 0, 0, loaded - timedelta(seconds=3))
+    [got] = runs_rows([(*row, "arn:x:e", None, 98.04, 88.9, "market cap 88.9% < 90%")])
+    shown = dict(zip(RUNS_HEADERS, got, strict=True))
+    assert (shown["COIN_COV_PCT"], shown["MCAP_COV_PCT"]) == (98.04, 88.9)
+    assert shown["NOTE"] == "! market cap 88.9% < 90%"
+    # A run log from before coverage (12 columns): the coverage cells are empty.
+    [old] = runs_rows([(*row, "arn:x:e", None)])
+    assert dict(zip(RUNS_HEADERS, old, strict=True))["COIN_COV_PCT"] is None
 
 
 def test_the_summary_says_what_a_failure_left_in_the_warehouse():
@@ -266,3 +283,98 @@ def test_the_summary_says_what_a_failure_left_in_the_warehouse():
     committed = "the warehouse COMMITTED snapshot s (run r, 3 rows), but the snapshot index …"
     assert warehouse_after_failure("Load", committed).startswith("committed")
     assert warehouse_after_failure(None, None) is None
+
+
+# -- the whole market, pacing and coverage ------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", ["30 per minute", "0/60", "30/0", "thirty/60"])
+def test_a_bad_rate_limit_is_refused_before_anything_starts(capsys, local_dir, value):
+    err = refused(capsys, local_dir, "--offline", "--rate-limit", value)
+    assert "--rate-limit" in err
+    assert not local_dir.exists()
+
+
+@pytest.mark.parametrize("value", ["everything", "0", "100001"])
+def test_max_coins_is_an_integer_or_all(capsys, local_dir, value):
+    with pytest.raises(SystemExit) as info:
+        main(["--local-dir", str(local_dir), "run", "--offline", "--max-coins", value])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --max-coins" in err and "or 'all'" in err
+
+
+def test_the_summary_reports_the_loop_pacing_and_coverage():
+    out = io.StringIO()
+    output = {
+        **LOAD_OUTPUT,
+        "coin_count": 2000,
+        "pages": 21,
+        "api_calls": 22,
+        "retries": 0,
+        "invocations": 3,
+        "pacing_waits": 13,
+        "pacing_wait_seconds": 4.66,
+        "rate_limited": 1,
+        "coverage": {
+            "coins_fetched": 2000,
+            "active_cryptocurrencies": 2040,
+            "coin_pct": 98.04,
+            "market_cap_pct": 88.9,
+            "min_pct": 90.0,
+            "whole_market": True,
+            "warning": "the fetched market cap is 88.9% of /global's total (below 90%)",
+        },
+    }
+    print_summary(report(output), out)
+    text = out.getvalue()
+    assert (
+        "coins fetched 2000 (21 pages, 22 API calls, 0 retries, 3 invocations,"
+        " 13 rate-limit waits (4.7s), 1 HTTP 429)"
+    ) in text
+    assert (
+        "coverage      ! 98.0% of /global's 2,040 active coins (2,000), 88.9% of its total"
+        " market cap: the fetched market cap is 88.9% of /global's total (below 90%)"
+    ) in text
+
+
+def test_coverage_without_global_says_it_is_unknown():
+    from local_mode.run_command import coverage_line
+
+    assert coverage_line({}) is None
+    line = coverage_line({"coins_fetched": 5, "active_cryptocurrencies": None})
+    assert line == "5 coins; /global unavailable, coverage unknown"
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_pages_are_a_progress_bar_on_a_terminal_and_lines_when_piped():
+    from local_mode.run_command import _Progress
+
+    extra = {
+        "page": 3,
+        "rows": 250,
+        "kept": 250,
+        "pages_so_far": 3,
+        "expected_pages": 81,
+        "coins_so_far": 750,
+        "api_calls": 4,
+        "pacing_waits": 1,
+        "pacing_wait_seconds": 2.0,
+    }
+    piped = io.StringIO()
+    _Progress(piped).page("page 3: 250 coins", extra)
+    assert piped.getvalue() == (
+        "    page 3: 250 coins (250 kept); 750 coins, 4 calls, 1 rate-limit wait (2.0s) so far\n"
+    )
+    terminal = _Terminal()
+    progress = _Progress(terminal)
+    progress.page("page 3: 250 coins", extra)
+    progress.line("a line while the bar is up")
+    progress.close_bar()
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", terminal.getvalue())  # no colours, cursor moves
+    assert "pages" in text and "3/81" in text and "750 coins 4 calls 1 wait 2s" in text
+    assert "a line while the bar is up" in text

@@ -20,6 +20,7 @@ import urllib3.exceptions
 from functions.common.errors import SourceError, SourceUnavailableError
 from functions.extract.client import MIN_RETRY_WAIT, CoinGeckoClient, parse_retry_after
 from functions.extract.config import ExtractConfig
+from functions.extract.pacing import PLAN_RATE_LIMITS, RateLimit, SlidingWindowLimiter
 from local_mode.replay_server import ReplayServer, Scripted
 
 MARKETS = "/coins/markets"
@@ -599,3 +600,147 @@ def test_client_counts_match_the_server_log(server, sleeps):
     assert client.api_calls == len(server.requests) == 6
     assert client.retries == 2
     assert json.loads(page_bytes(server, 3)) == client.markets_page("usd", 3, 250).data
+
+
+# -- pacing (client-side rate limiting) ---------------------------------------------------------
+
+T0 = 1_800_000_000.0  # the fake clock's start, a Unix time
+
+
+def paced_run(srv: ReplayServer, client: CoinGeckoClient, pages: int) -> None:
+    """An extract's calls: ``pages`` markets pages then /global."""
+    for page in range(1, pages + 1):
+        client.markets_page("usd", page, 250)
+    client.global_data()
+
+
+def fake_clock_server(coins: int = 2000) -> tuple[list[float], Sleeps, ReplayServer]:
+    """A server and a client sleep sharing one fake clock (sleeping advances it)."""
+    clock = [T0]
+    return clock, Sleeps(clock), ReplayServer.synthetic(coins=coins, clock=lambda: clock[0])
+
+
+def paced_client(srv: ReplayServer, clock, sleeps, rate_limit: str, **kwargs) -> CoinGeckoClient:
+    env = {"COINGECKO_BASE_URL": srv.base_url, "COINGECKO_RATE_LIMIT": rate_limit}
+    return CoinGeckoClient.from_config(
+        ExtractConfig.from_env(env),
+        sleep=sleeps,
+        wall_clock=lambda: clock[0],
+        rng=random.Random(1),
+        **kwargs,
+    )
+
+
+def test_pacing_matching_a_fixed_window_server_provokes_no_429():
+    clock, sleeps, srv = fake_clock_server()
+    with srv:
+        srv.rate_limit(3, window_seconds=1, mode="fixed")
+        client = paced_client(srv, clock, sleeps, "3/1")
+        paced_run(srv, client, pages=9)  # 8 full pages, the empty 9th, then /global: 10 calls
+        statuses = [r.status for r in srv.requests]
+    assert srv.rate_limited == 0 and client.rate_limited == 0
+    assert statuses == [200] * 10
+    assert client.api_calls == 10 and client.retries == 0
+    # Bursts of 3, then one window (plus the 20 ms jitter margin) each: calls 4, 7 and 10
+    # (/global) waited; a window's worth, not more.
+    assert sleeps == [pytest.approx(1.02)] * 3
+    assert (client.pacing_waits, client.pacing_wait_seconds) == (3, pytest.approx(3.06))
+    assert client.limiter is not None and client.limiter.waits == 3
+
+
+def test_without_pacing_the_same_server_answers_429_once_per_window():
+    """The baseline the pacing removes: a burst, a 429, Retry-After, per window."""
+    clock, sleeps, srv = fake_clock_server()
+    with srv:
+        srv.rate_limit(3, window_seconds=1, mode="fixed")
+        client = paced_client(srv, clock, sleeps, "off")
+        paced_run(srv, client, pages=9)
+    assert client.limiter is None
+    assert srv.rate_limited == client.rate_limited == client.retries == 3
+    assert client.api_calls == 13 and client.pacing_waits == 0
+
+
+def test_a_stricter_server_than_configured_makes_the_limiter_conservative():
+    clock, sleeps, srv = fake_clock_server()
+    with srv:
+        srv.rate_limit(2, window_seconds=1, mode="fixed")  # configured: 4 per second
+        client = paced_client(srv, clock, sleeps, "4/1")
+        paced_run(srv, client, pages=9)
+        recorded = srv.requests
+    limited = [i for i, r in enumerate(recorded) if r.rate_limited]
+    assert limited and client.rate_limited == srv.rate_limited == len(limited)
+    assert client.limiter is not None and client.limiter.level == len(limited)
+    assert client.limiter.spacing > 0  # no more bursts
+    # Retry-After (1 s here) was waited after each 429, as retries; the run completed.
+    assert client.retries == len(limited) and client.waited_seconds == 1.0 * len(limited)
+    assert [r.status for r in recorded[limited[-1] + 1 :]] == [200] * (
+        len(recorded) - 1 - limited[-1]
+    )
+    assert recorded[-1].endpoint == "/global"
+    assert len(limited) <= 2  # it settles: later windows provoke nothing
+
+
+def test_a_pacing_wait_past_the_deadline_fails_without_sleeping(server, sleeps):
+    clock = [T0]
+    lim = SlidingWindowLimiter(RateLimit(1, 60.0), clock=lambda: clock[0], sleep=sleeps)
+    client = make_client(server, sleeps, limiter=lim, deadline=lambda: 40.0, deadline_reserve=5)
+    client.markets_page("usd", 1, 250)
+    assert client.pacing_delay() == pytest.approx(60.5)  # the window plus its 0.5 s margin
+    with pytest.raises(SourceUnavailableError, match="not sent: the rate limit") as info:
+        client.markets_page("usd", 2, 250)
+    assert "(1 calls per 60s) asks to wait 60.5s but only 35.0s are left" in str(info.value)
+    assert sleeps == [] and client.api_calls == 1 and len(server.requests) == 1
+
+
+def test_pacing_waits_do_not_count_against_the_retry_budget(server):
+    clock = [T0]
+    sleeps = Sleeps(clock)
+    lim = SlidingWindowLimiter(RateLimit(1, 30.0), clock=lambda: clock[0], sleep=sleeps)
+    client = make_client(server, sleeps, limiter=lim, max_retry_wait=5.0)
+    for page in (1, 2, 3):
+        client.markets_page("usd", page, 250)
+    assert client.pacing_waits == 2 and client.pacing_wait_seconds == pytest.approx(61.0)
+    assert client.waited_seconds == 0.0
+
+
+def test_a_200_carrying_error_code_429_counts_as_rate_limited(server, sleeps):
+    body = {"status": {"error_code": 429, "error_message": "You've exceeded the Rate Limit"}}
+    server.script(MARKETS, Scripted(status=200, body=body, headers={"Retry-After": "4"}), page=1)
+    lim = SlidingWindowLimiter(RateLimit(10, 10.0), sleep=sleeps)
+    client = make_client(server, sleeps, limiter=lim)
+    client.markets_page("usd", 1, 250)
+    assert client.rate_limited == 1 and lim.level == 1
+
+
+def test_from_config_builds_the_plan_limiter_or_takes_the_one_given():
+    given = SlidingWindowLimiter(RateLimit(7, 7.0))
+    local = ExtractConfig.from_env({"COINGECKO_BASE_URL": "http://127.0.0.1:9/api/v3"})
+    with (
+        CoinGeckoClient.from_config(ExtractConfig.from_env({})) as public,
+        CoinGeckoClient.from_config(local) as unpaced,
+        CoinGeckoClient.from_config(ExtractConfig(), limiter=given) as restored,
+        CoinGeckoClient.from_config(ExtractConfig.from_env({}), limiter=None) as off,
+    ):
+        assert public.limiter is not None and public.limiter.limit == PLAN_RATE_LIMITS["public"]
+        assert unpaced.limiter is None and unpaced.pacing_delay() == 0.0
+        assert restored.limiter is given
+        assert off.limiter is None
+
+
+def test_a_restored_limiter_continues_the_previous_invocations_window():
+    clock, sleeps, srv = fake_clock_server()
+    with srv:
+        srv.rate_limit(3, window_seconds=1, mode="fixed")
+        first = paced_client(srv, clock, sleeps, "3/1")
+        for page in (1, 2, 3):
+            first.markets_page("usd", page, 250)
+        assert first.limiter is not None
+        state = json.loads(json.dumps(first.limiter.state()))
+        lim = SlidingWindowLimiter(
+            RateLimit(3, 1.0), clock=lambda: clock[0], sleep=sleeps, state=state
+        )
+        second = paced_client(srv, clock, sleeps, "3/1", limiter=lim)
+        assert second.pacing_delay() == pytest.approx(1.02)
+        for page in (4, 5):
+            second.markets_page("usd", page, 250)
+    assert srv.rate_limited == 0 and second.pacing_waits == 1

@@ -15,6 +15,7 @@ from functions.extract.config import (
     ExtractConfig,
     fetch_secret_string,
 )
+from functions.extract.pacing import PLAN_RATE_LIMITS, RateLimit
 
 KEY = "CG-abcDEF123456"
 
@@ -81,6 +82,10 @@ def test_a_key_without_a_plan_is_a_demo_key():
         ({"COINGECKO_BASE_URL": "api.coingecko.com/api/v3"}, "COINGECKO_BASE_URL"),
         ({"COINGECKO_API_KEY": "has space"}, "COINGECKO_API_KEY"),
         ({"COINGECKO_API_KEY": "line\nbreak"}, "COINGECKO_API_KEY"),
+        ({"COINGECKO_RATE_LIMIT": "30"}, "COINGECKO_RATE_LIMIT"),
+        ({"COINGECKO_RATE_LIMIT": "0/60"}, "COINGECKO_RATE_LIMIT"),
+        ({"COINGECKO_RATE_LIMIT": "30/0"}, "COINGECKO_RATE_LIMIT"),
+        ({"COINGECKO_RATE_LIMIT": "fast"}, "COINGECKO_RATE_LIMIT"),
     ],
 )
 def test_bad_values_raise_config_error_naming_the_variable(env, name):
@@ -253,3 +258,58 @@ def test_the_extract_handler_refuses_such_a_timeout_at_invocation_start(tmp_path
     assert "time left in this invocation" in str(info.value)
     assert "10s margin" in str(info.value)
     assert not (tmp_path / "lake").exists()  # refused before touching the lake
+
+
+# -- COINGECKO_RATE_LIMIT ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({}, "5/60"),
+        ({"COINGECKO_API_KEY": KEY}, "30/60"),
+        ({"COINGECKO_API_PLAN": "pro", "COINGECKO_API_KEY": KEY}, "250/60"),
+        ({"COINGECKO_BASE_URL": "https://api.coingecko.com/api/v3/"}, "5/60"),
+        # Another host (the replay server, a proxy) is not paced unless asked.
+        ({"COINGECKO_BASE_URL": "http://127.0.0.1:8080/api/v3"}, "off"),
+        ({"COINGECKO_BASE_URL": "https://proxy.example.com/api/v3"}, "off"),
+        # A pro key on the public host is not that plan's host.
+        (
+            {
+                "COINGECKO_API_PLAN": "pro",
+                "COINGECKO_API_KEY": KEY,
+                "COINGECKO_BASE_URL": PUBLIC_BASE_URL,
+            },
+            "off",
+        ),
+    ],
+)
+def test_rate_limit_defaults_per_plan_on_coingecko_hosts_only(env, expected):
+    cfg = ExtractConfig.from_env(env)
+    assert cfg.describe()["rate_limit"] == expected
+    if expected != "off":
+        assert cfg.rate_limit == PLAN_RATE_LIMITS[cfg.plan]
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({"COINGECKO_RATE_LIMIT": "500/60", "COINGECKO_API_PLAN": "pro"}, RateLimit(500, 60.0)),
+        (
+            {"COINGECKO_RATE_LIMIT": " 10/10 ", "COINGECKO_BASE_URL": "http://x:1/a"},
+            RateLimit(10, 10),
+        ),
+        ({"COINGECKO_RATE_LIMIT": "off"}, None),
+        ({"COINGECKO_RATE_LIMIT": "None"}, None),
+        ({"COINGECKO_RATE_LIMIT": ""}, PLAN_RATE_LIMITS["public"]),
+    ],
+)
+def test_rate_limit_override(env, expected):
+    if env.get("COINGECKO_API_PLAN") == "pro":
+        env = {**env, "COINGECKO_API_KEY": KEY}
+    assert ExtractConfig.from_env(env).rate_limit == expected
+
+
+def test_a_rate_limit_that_is_not_a_rate_limit_is_refused():
+    with pytest.raises(ConfigError, match="COINGECKO_RATE_LIMIT"):
+        ExtractConfig(rate_limit="30/60")  # type: ignore[arg-type]

@@ -44,6 +44,18 @@ CONTRACT_KEYS = {
     "retries",
     "max_coins",
     "per_page",
+    # the deadline loop, /global's size of the market, pacing
+    "done",
+    "next_page",
+    "invocations",
+    "progress_key",
+    "expected_pages",
+    "active_cryptocurrencies",
+    "retry_wait_seconds",
+    "rate_limit",
+    "rate_limited",
+    "pacing_waits",
+    "pacing_wait_seconds",
 }
 
 
@@ -163,15 +175,24 @@ def test_end_to_end_into_the_lake(server, tmp_path):
     assert index["snapshot_id"] == "exec-0001"
     assert (index["partition_date"], index["current"]) == ("2024-05-01", None)
     assert index["created_by_execution"] == out["execution_id"]
-    # the index first, pages as they arrive, then /global, the manifest last
+    # the index first, /global (it sizes the market), pages as they arrive each followed by
+    # the progress record, the manifest last
+    progress = prefix + "progress.json"
     assert lake.writes == [
         "snapshots/exec-0001.json",
-        prefix + "markets/page-0001.json",
-        prefix + "markets/page-0002.json",
-        prefix + "markets/page-0003.json",
         prefix + "global.json",
+        progress,
+        prefix + "markets/page-0001.json",
+        progress,
+        prefix + "markets/page-0002.json",
+        progress,
+        prefix + "markets/page-0003.json",
+        progress,
         prefix + "manifest.json",
+        progress,
     ]
+    assert (out["done"], out["next_page"], out["invocations"]) == (True, None, 1)
+    assert out["expected_pages"] == 3  # min(active_cryptocurrencies, 600) / 250, rounded up
 
 
 def test_the_transform_accepts_the_extract_output(server, lake):
@@ -272,8 +293,14 @@ def test_permanent_500_fails_and_writes_no_manifest(server, lake):
     server.script("/coins/markets", *[Scripted.error(500, "Internal server error")] * 3, page=2)
     with pytest.raises(SourceUnavailableError, match="HTTP 500"):
         extract.run(event(), config=config_for(server), storage=lake)
+    prefix = "raw/dt=2024-05-01/snapshot=exec-0001/run=exec-0001/"
     written = lake.list_keys("raw/")
-    assert written == ["raw/dt=2024-05-01/snapshot=exec-0001/run=exec-0001/markets/page-0001.json"]
+    assert sorted(written) == sorted(
+        prefix + name for name in ("global.json", "markets/page-0001.json", "progress.json")
+    )
+    # The progress record says where a retry of this invocation resumes.
+    progress = json.loads(lake.get_bytes(prefix + "progress.json"))
+    assert (progress["paging"]["next_page"], progress["done"]) == (2, False)
 
 
 def test_401_fails_fast_with_the_api_message(server, lake):
@@ -281,8 +308,12 @@ def test_401_fails_fast_with_the_api_message(server, lake):
     with pytest.raises(SourceError, match="Invalid API Key") as info:
         extract.run(event(), config=config_for(server), storage=lake)
     assert not isinstance(info.value, SourceUnavailableError)
-    assert len(server.requests) == 1
-    assert lake.list_keys(keys.RAW) == []
+    assert len(server.requests_to("/coins/markets")) == 1
+    # /global (fetched first) and the progress record only: no page, no manifest
+    assert {k.rsplit("/", 1)[1] for k in lake.list_keys(keys.RAW)} == {
+        "global.json",
+        "progress.json",
+    }
 
 
 # --- /global is auxiliary: its failure degrades the snapshot to the fetched basis -------------

@@ -10,7 +10,14 @@ import pytest
 
 from functions.common.errors import ValidationError
 from functions.extract.client import CoinGeckoClient
-from functions.extract.paging import MAX_PAGES, FetchedPage, RawPage, fetch_markets, markets_query
+from functions.extract.paging import (
+    MAX_PAGES,
+    FetchedPage,
+    PagingState,
+    RawPage,
+    fetch_markets,
+    markets_query,
+)
 from local_mode import synthetic
 from local_mode.replay_server import ReplayServer
 
@@ -68,7 +75,7 @@ def test_on_page_sees_each_page_as_it_arrives():
     market = FakeMarket(600, 250)
     seen: list[tuple[int, int]] = []
 
-    def on_page(page: FetchedPage) -> None:
+    def on_page(page: FetchedPage, _state: object) -> None:
         seen.append((page.page, len(market.calls)))
 
     fetch_markets(market, per_page=250, max_coins=1000, on_page=on_page)
@@ -98,6 +105,100 @@ def test_deadline_stops_early_and_names_the_next_page():
     resumed = fetch_markets(market, per_page=250, max_coins=600, start_page=result.next_page)
     assert [p.page for p in resumed.pages] == [3]
     assert resumed.coin_count == 100
+
+
+class CappingMarket(FakeMarket):
+    """A server that serves at most ``cap`` rows per page, whatever ``per_page`` says."""
+
+    def __init__(self, size: int, per_page: int, cap: int) -> None:
+        super().__init__(size, per_page)
+        self.cap = cap
+
+    def __call__(self, page: int) -> RawPage:
+        self.calls.append(page)
+        start = (page - 1) * self.cap
+        rows = [{"id": f"coin-{i}"} for i in range(start, min(start + self.cap, self.size))]
+        return RawPage(json.dumps(rows).encode(), len(rows))
+
+
+def _in_slices(market, pages_per_call: int, **kwargs):
+    """Page with a deadline that allows ``pages_per_call`` requests per call, resuming from each
+    call's saved state (through JSON, as the lake keeps it) until paging completes."""
+    state, pages, calls = None, [], 0
+    while True:
+        calls += 1
+        budget = iter([100.0] * pages_per_call + [0.0])
+        result = fetch_markets(
+            market, deadline=lambda b=budget: next(b), reserve_seconds=1.0, resume=state, **kwargs
+        )
+        pages += result.pages
+        if result.complete:
+            return result, pages, calls
+        state = PagingState.from_dict(json.loads(json.dumps(result.state.to_dict())))
+
+
+@pytest.mark.parametrize("max_coins", [None, 1000, 2100])
+def test_resuming_from_saved_state_equals_one_pass(max_coins):
+    one = fetch_markets(FakeMarket(2345, 250), per_page=250, max_coins=max_coins)
+    last, pages, calls = _in_slices(FakeMarket(2345, 250), 1, per_page=250, max_coins=max_coins)
+    assert calls == len(one.pages) >= 4
+    assert [(p.page, p.count, p.sha256) for p in pages] == [
+        (p.page, p.count, p.sha256) for p in one.pages
+    ]
+    assert (last.stop_reason, last.end_confirmed) == (one.stop_reason, one.end_confirmed)
+    assert last.state.coins_kept == one.coin_count == min(2345, max_coins or 2345)
+
+
+def test_resuming_keeps_the_exact_count_on_a_capped_server():
+    # 50 rows served for 250 asked: starting at page N by arithmetic would assume 250 per page.
+    one = fetch_markets(CappingMarket(420, 250, 50), per_page=250, max_coins=300)
+    last, pages, _ = _in_slices(CappingMarket(420, 250, 50), 2, per_page=250, max_coins=300)
+    assert [p.count for p in pages] == [p.count for p in one.pages] == [50] * 6
+    assert last.served_per_page == one.served_per_page == 50
+    assert last.warning == one.warning
+
+
+def test_a_repeated_page_is_recognised_across_a_resume():
+    body = json.dumps([{"id": "same"}]).encode()
+    first = fetch_markets(
+        lambda page: RawPage(body, 1),
+        per_page=1,
+        max_coins=None,
+        deadline=iter([9.0, 0.0]).__next__,
+        reserve_seconds=1.0,
+    )
+    assert (first.stop_reason, first.state.next_page) == ("deadline", 2)
+    again = fetch_markets(
+        lambda page: RawPage(body, 1), per_page=1, max_coins=None, resume=first.state
+    )
+    assert again.stop_reason == "repeated_page" and again.pages == []
+
+
+def test_the_page_limit_counts_every_call_of_the_run():
+    market = FakeMarket(10**6, 10)
+    first = fetch_markets(
+        market, per_page=10, max_coins=None, deadline=iter([9.0] * 3 + [0.0]).__next__,
+        reserve_seconds=1.0, max_pages=5,
+    )  # fmt: skip
+    rest = fetch_markets(market, per_page=10, max_coins=None, resume=first.state, max_pages=5)
+    assert market.calls == [1, 2, 3, 4, 5]
+    assert rest.stop_reason == "page_limit"
+
+
+@pytest.mark.parametrize(
+    ("state", "field"),
+    [
+        ({"next_page": 0, "coins_kept": 0, "pages_fetched": 0}, "paging.next_page"),
+        ({"next_page": 2, "coins_kept": -1, "pages_fetched": 1}, "paging.coins_kept"),
+        ({"next_page": 2, "coins_kept": 1, "pages_fetched": True}, "paging.pages_fetched"),
+        ({"next_page": 2, "coins_kept": 1, "pages_fetched": 1, "previous_sha256": "x"},
+         "paging.previous_sha256"),
+    ],
+)  # fmt: skip
+def test_a_bad_saved_state_is_refused_naming_the_member(state, field):
+    with pytest.raises(ValidationError) as info:
+        PagingState.from_dict(state)
+    assert info.value.field == field
 
 
 def test_deadline_already_near_fetches_nothing():
@@ -156,7 +257,9 @@ def test_a_server_ignoring_page_stops_at_the_repeat(rows):
         calls.append(page)
         return RawPage(body, rows)
 
-    result = fetch_markets(fetch, per_page=5, max_coins=1000, on_page=lambda p: kept.append(p.page))
+    result = fetch_markets(
+        fetch, per_page=5, max_coins=1000, on_page=lambda p, _s: kept.append(p.page)
+    )
     assert calls == [1, 2]
     assert kept == [p.page for p in result.pages] == [1]  # the repeat is neither kept nor counted
     assert result.coin_count == rows

@@ -224,7 +224,7 @@ def test_a_failed_rerun_leaves_the_first_run_and_the_index_untouched(server, lak
     )
     before = files(lake)
     run_a_keys = [k for k in before if "/run=exec-A/" in k]
-    assert len(run_a_keys) == 6  # 2 pages, global, manifest, processed, rejected
+    assert len(run_a_keys) == 7  # 2 pages, global, progress, manifest, processed, rejected
 
     server.script("/coins/markets", *[Scripted.error(500, "Internal server error")] * 3, page=2)
     with pytest.raises(SourceUnavailableError, match="HTTP 500"):
@@ -234,9 +234,11 @@ def test_a_failed_rerun_leaves_the_first_run_and_the_index_untouched(server, lak
 
     after = files(lake)
     assert {k: after[k] for k in before} == before  # every file of run A, and the index
-    # run B's first page is kept under its own prefix; without a manifest it is incomplete
+    # run B's files are kept under its own prefix; without a manifest it is incomplete
     assert sorted(set(after) - set(before)) == [
-        "raw/dt=2026-11-27/snapshot=s/run=exec-B/markets/page-0001.json"
+        "raw/dt=2026-11-27/snapshot=s/run=exec-B/global.json",
+        "raw/dt=2026-11-27/snapshot=s/run=exec-B/markets/page-0001.json",
+        "raw/dt=2026-11-27/snapshot=s/run=exec-B/progress.json",
     ]
 
 

@@ -391,7 +391,7 @@ def test_a_failure_inside_the_transaction_rolls_everything_back(
 
     def failing_insert_run(n: Names, values: Mapping[str, Any]) -> sql.Statement:
         stmt = real_insert_run(n, values)
-        return sql.Statement(stmt.label, stmt.sql.replace("QUALITY)", "NO_SUCH_COLUMN)"),
+        return sql.Statement(stmt.label, stmt.sql.replace(" QUALITY", " NO_SUCH_COLUMN", 1),
                              stmt.params)  # fmt: skip
 
     monkeypatch.setattr(sql, "insert_run", failing_insert_run)

@@ -95,6 +95,21 @@ def test_expected_columns_match_the_ddl():
             assert f"\n    {col} " in stmt.sql, (table, col)
 
 
+def test_columns_the_load_adds_itself_are_nullable_and_last_so_upgraded_tables_match_new_ones():
+    # ADD COLUMN appends: an upgraded ETL_RUNS then has the columns of a new one, in order.
+    added = sql.ADDED_COLUMNS[sql.ETL_RUNS]
+    tail = sql.ETL_RUN_COLUMNS[-len(added) :]
+    assert tuple(c for c, _ in tail) == added
+    assert all("NOT NULL" not in t for _, t in tail)
+    stmt = sql.add_column(Names(), sql.ETL_RUNS, "COIN_COVERAGE_PCT")
+    assert stmt.sql == (
+        "ALTER TABLE CRYPTO_ETL_DB.PUBLIC.ETL_RUNS ADD COLUMN IF NOT EXISTS COIN_COVERAGE_PCT FLOAT"
+    )
+    for table, column in [(sql.ETL_RUNS, "PAGES"), (sql.CRYPTO_DATA, "COIN_COVERAGE_PCT")]:
+        with pytest.raises(ValueError, match="not a column the load may add"):
+            sql.add_column(Names(), table, column)
+
+
 def test_looker_views_file_is_in_sync_with_the_builder():
     path = REPO_ROOT / "looker" / "views.sql"
     assert path.read_text() == sql.views_script(), (

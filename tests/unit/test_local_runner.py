@@ -99,6 +99,32 @@ def test_moto_lambda_backend_still_has_the_patched_signature():
     assert params == ["self", "function_name", "qualifier", "body", "headers", "response_headers"]
 
 
+def test_moto_still_runs_each_execution_in_the_method_the_runner_wraps():
+    """execute waits on the end of ExecutionWorker._execution_logic (signal_execution_end):
+    it must still be what the execution thread runs, and record the final status itself."""
+    from moto.stepfunctions.parser.backend.execution_worker import ExecutionWorker
+
+    assert list(inspect.signature(ExecutionWorker._execution_logic).parameters) == ["self"]
+    assert "Thread(target=self._execution_logic" in inspect.getsource(ExecutionWorker.start)
+    logic = inspect.getsource(ExecutionWorker._execution_logic)
+    assert 0 <= logic.index("program.eval(") < logic.index(".terminated()")
+
+
+def test_the_end_signal_names_the_execution_and_comes_with_its_final_status():
+    from state_machine.local_runner import signal_execution_end
+
+    handlers, _ = _handlers()
+    ended: list[tuple[str, str]] = []
+    with LocalStepFunctions(handlers, retry_sleep=lambda s: None) as sfn:
+
+        def on_end(arn: str) -> None:
+            ended.append((arn, sfn.sfn.describe_execution(executionArn=arn)["status"]))
+
+        with signal_execution_end(on_end):
+            result = sfn.execute({}, name="exec-signal")
+    assert ended == [(result.execution_arn, "SUCCEEDED")]
+
+
 def _handlers(fail_in: str | None = None, error: type[Exception] = SourceError):
     seen: list[tuple[str, dict[str, Any]]] = []
 
@@ -107,7 +133,11 @@ def _handlers(fail_in: str | None = None, error: type[Exception] = SourceError):
         if fail_in == "extract":
             raise error("page 2 kept failing")
         name = event["execution"]["name"]
-        return {"snapshot_id": event["input"].get("snapshot_id", name), "coin_count": 7}
+        return {
+            "snapshot_id": event["input"].get("snapshot_id", name),
+            "coin_count": 7,
+            "done": True,
+        }
 
     def transform(event: dict[str, Any], context: Any) -> dict[str, Any]:
         seen.append(("transform", event))
@@ -134,6 +164,7 @@ def test_local_execution_dispatches_each_task_to_the_real_handler():
     assert result.output == {
         "snapshot_id": "exec-1",
         "coin_count": 7,
+        "done": True,
         "row_count": 6,
         "rows_inserted": 6,
     }
@@ -144,7 +175,7 @@ def test_local_execution_dispatches_each_task_to_the_real_handler():
     assert extract_event["execution"]["id"].endswith(":exec-1")
     assert extract_event["execution"]["start_time"]
     entered = [e.state for e in events if e.kind == "entered"]
-    assert entered == ["Extract", "Transform", "Load", "Succeeded"]
+    assert entered == ["Extract", "Extract done?", "Transform", "Load", "Succeeded"]
     assert result.alerts == []
 
 

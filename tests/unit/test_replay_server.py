@@ -216,6 +216,90 @@ def test_rate_limit_with_retry_after():
         assert all(get(srv, "/ping").status_code == 200 for _ in range(5))
 
 
+def test_fixed_window_opens_at_the_first_request_and_answers_until_it_ends():
+    clock = [100.0]
+    with ReplayServer.synthetic(coins=50, seed=1, clock=lambda: clock[0]) as srv:
+        srv.rate_limit(2, window_seconds=10, mode="fixed")
+        clock[0] += 3  # nothing counts before the first request
+        assert get(srv, "/ping").status_code == 200  # opens [103, 113)
+        clock[0] += 9
+        assert get(srv, "/ping").status_code == 200
+        limited = get(srv, "/ping")
+        assert limited.status_code == 429
+        assert limited.headers["Retry-After"] == "1"  # until 113, not until a slot slides free
+        assert limited.json() == {
+            "status": {
+                "error_code": 429,
+                "error_message": limited.json()["status"]["error_message"],
+            }
+        }
+        clock[0] += 0.5
+        assert get(srv, "/ping").headers["Retry-After"] == "1"
+        clock[0] += 0.5  # 113: a new window, with a full budget
+        assert [get(srv, "/ping").status_code for _ in range(3)] == [200, 200, 429]
+        assert srv.rate_limited == 3
+        recorded = srv.requests
+    assert [r.rate_limited for r in recorded] == [False, False, True, True, False, False, True]
+    assert all(r.status == 429 for r in recorded if r.rate_limited)
+
+
+def test_sliding_window_counts_differently_from_fixed():
+    """Requests at 0 s and 5 s, then two at 10.5 s: the fixed window (0-10 s) has reset, the
+    sliding one still holds the 5 s request."""
+    for mode, expected in (("fixed", [200, 200, 200, 200]), ("sliding", [200, 200, 200, 429])):
+        clock = [0.0]
+        with ReplayServer.synthetic(coins=5, clock=lambda c=clock: c[0]) as srv:
+            srv.rate_limit(2, window_seconds=10, mode=mode)
+            statuses = [get(srv, "/ping").status_code]
+            clock[0] = 5.0
+            statuses.append(get(srv, "/ping").status_code)
+            clock[0] = 10.5
+            statuses += [get(srv, "/ping").status_code for _ in range(2)]
+        assert statuses == expected, mode
+
+
+def test_scripted_429s_are_not_counted_as_rate_limited(server):
+    server.rate_limit(5, window_seconds=60, mode="fixed")
+    server.script("/ping", Scripted.error(429, retry_after=1))
+    assert get(server, "/ping").status_code == 429
+    assert server.rate_limited == 0 and not server.requests[0].rate_limited
+
+
+def test_an_unknown_rate_limit_mode_is_refused(server):
+    with pytest.raises(ValueError, match="mode 'token'"):
+        server.rate_limit(5, 60, mode="token")
+
+
+def test_main_accepts_a_rate_limit_mode(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["--coins", "5", "--rate-limit", "3/1", "--rate-limit-mode", "bucket"])
+    assert info.value.code == 2
+    assert "invalid choice: 'bucket'" in capsys.readouterr().err
+
+
+def test_the_module_serves_a_fixed_window_rate_limit(tmp_path):
+    """``python -m local_mode.replay_server --rate-limit 2/60 --rate-limit-mode fixed``."""
+    proc = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "local_mode.replay_server", "--coins", "5"),
+            *("--rate-limit", "2/60", "--rate-limit-mode", "fixed"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO_ROOT,
+    )
+    try:
+        line = proc.stdout.readline() if proc.stdout else ""
+        base_url = re.search(r"at (http://\S+)", line).group(1)
+        statuses = [requests.get(f"{base_url}/ping", timeout=5) for _ in range(3)]
+        assert [r.status_code for r in statuses] == [200, 200, 429]
+        assert 1 <= int(statuses[2].headers["Retry-After"]) <= 60
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
 def test_the_server_stops_when_the_block_ends():
     with ReplayServer.synthetic(coins=10) as srv:
         port = srv.port
