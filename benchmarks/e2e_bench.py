@@ -26,11 +26,15 @@ from __future__ import annotations
 import argparse
 import io
 import math
+import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+# The functions' memory sizes come from the CDK app; importing it starts jsii, whose Node.js
+# end-of-life banner is noise here (the Makefile silences it the same way).
+os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
 from cdk_app.pipeline_functions import SPECS
 from functions.extract.pacing import RateLimit, burst_floor
 from local_mode.run_command import RunOptions, run_pipeline

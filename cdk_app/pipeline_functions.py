@@ -41,7 +41,9 @@ SERVICE_PREFIX = "crypto-etl"
 # run's earlier invocations of the deadline loop). Nobody may delete.
 LAKE_ACCESS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "extract": ((RAW, SNAPSHOTS), (RAW, SNAPSHOTS)),
-    "transform": ((RAW,), (PROCESSED, REJECTED)),
+    # transform reads the index (and raw manifests) to find the previous snapshot's row count
+    # for the quality gate.
+    "transform": ((RAW, SNAPSHOTS), (PROCESSED, REJECTED)),
     "load": ((PROCESSED, SNAPSHOTS), (SNAPSHOTS,)),
 }
 

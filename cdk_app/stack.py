@@ -37,7 +37,7 @@ class CryptoEtlStack(cdk.Stack):
             topic=self.alerting.topic,
             log_retention_days=settings.log_retention_days,
         )
-        self.alerting.watch_state_machine(self.pipeline.state_machine)
+        self.alerting.watch_state_machine(self.pipeline.state_machine, self.pipeline.log_group)
         for name, fn in self.functions.functions.items():
             self.alerting.watch_function(name, fn)
 

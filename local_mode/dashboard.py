@@ -236,14 +236,35 @@ class CoinRow:
         return f"{_esc(self.name or self.coin_id)}{symbol}"
 
 
+@dataclass(frozen=True)
+class RunStatus:
+    """One ETL_RUNS row: the last success or the last failure of the pipeline.
+
+    ``at`` is the row's LOADED_AT (a load's commit, or when a failure was recorded), UTC;
+    ``execution`` the execution's name; ``failed_state``, ``error`` and ``message`` are set
+    for a FAILED row only.
+    """
+
+    status: str  # SUCCEEDED | FAILED
+    at: datetime | None
+    snapshot_id: str | None
+    execution: str | None = None
+    failed_state: str | None = None
+    error: str | None = None
+    message: str | None = None
+
+
 @dataclass
 class DashboardData:
-    """What the page shows: the embedded snapshots (oldest first) and their coins."""
+    """What the page shows: the embedded snapshots (oldest first) and their coins, and the
+    pipeline's last success and last failure from ETL_RUNS (None when there is none)."""
 
     snapshots: list[Snapshot]
     coins: list[CoinRow]
     source: str  # where the data came from, shown on the page
     generated_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    last_success: RunStatus | None = None
+    last_failure: RunStatus | None = None
 
 
 def _bounded_snapshots(limit: int) -> str:
@@ -369,6 +390,83 @@ def coin_from_row(row: Mapping[str, Any]) -> CoinRow:
     )
 
 
+RUN_STATUS_MESSAGE_CHARS = 200  # a failure's message on the page
+
+
+def run_status_sql(failure_columns: bool = True) -> str:
+    """The latest SUCCEEDED and the latest FAILED row of ETL_RUNS (by LOADED_AT), at most one
+    each. Without ``failure_columns``: for an ETL_RUNS from before failures were recorded."""
+    extra = ", FAILED_STATE, ERROR_NAME, ERROR_MESSAGE" if failure_columns else ""
+    return f"""
+SELECT STATUS, LOADED_AT, SNAPSHOT_ID, EXECUTION_ID{extra} FROM (
+    SELECT STATUS, LOADED_AT, SNAPSHOT_ID, EXECUTION_ID{extra},
+        ROW_NUMBER() OVER (PARTITION BY STATUS
+            ORDER BY LOADED_AT DESC NULLS LAST, SNAPSHOT_ID DESC) AS POS
+    FROM ETL_RUNS
+    WHERE STATUS IN ('SUCCEEDED', 'FAILED')
+) AS R WHERE R.POS = 1"""
+
+
+def run_status_from_row(row: Mapping[str, Any]) -> RunStatus:
+    """A :class:`RunStatus` from a row of :func:`run_status_sql` (upper-case column names)."""
+    execution = row.get("EXECUTION_ID")
+    if isinstance(execution, str) and execution.startswith("arn:"):
+        execution = execution.rsplit(":", 1)[-1]
+    return RunStatus(
+        status=str(row["STATUS"]),
+        at=_utc(row.get("LOADED_AT")),
+        snapshot_id=row.get("SNAPSHOT_ID"),
+        execution=execution,
+        failed_state=row.get("FAILED_STATE"),
+        error=row.get("ERROR_NAME"),
+        message=row.get("ERROR_MESSAGE"),
+    )
+
+
+def fetch_run_status(cur: Any) -> tuple[RunStatus | None, RunStatus | None]:
+    """(last success, last failure) from ETL_RUNS; (None, None) when it does not exist. An
+    ETL_RUNS without the failure columns (older version) gives its last success only."""
+    for failure_columns in (True, False):
+        try:
+            rows = _rows(cur, run_status_sql(failure_columns))
+            break
+        except SnowflakeError as exc:
+            if _missing_object(exc):
+                return None, None
+            if not failure_columns or "FAILED_STATE" not in str(exc).upper():
+                raise
+    by_status = {r.status: r for r in map(run_status_from_row, rows)}
+    return by_status.get("SUCCEEDED"), by_status.get("FAILED")
+
+
+def run_status_text(success: RunStatus | None, failure: RunStatus | None) -> dict[str, str]:
+    """The page's "last success / last failure" line, as ``{"success", "failure"}`` texts;
+    ``"failing"`` is ``"yes"`` when the last failure is newer than the last success."""
+
+    def when(run: RunStatus) -> str:
+        return run.at.strftime("%Y-%m-%d %H:%M UTC") if run.at else "time unknown"
+
+    ok = (
+        f"{when(success)} · snapshot {success.snapshot_id}"
+        if success
+        else "none recorded in ETL_RUNS"
+    )
+    if failure:
+        message = failure.message or ""
+        if len(message) > RUN_STATUS_MESSAGE_CHARS:
+            message = message[: RUN_STATUS_MESSAGE_CHARS - 1] + "…"
+        bad = (
+            f"{when(failure)} · snapshot {failure.snapshot_id} · failed at"
+            f" {failure.failed_state or '?'}: {failure.error or '?'}"
+            + (f": {message}" if message else "")
+        )
+    else:
+        bad = "none recorded in ETL_RUNS"
+    oldest = datetime.min.replace(tzinfo=UTC)
+    failing = bool(failure) and (success is None or (failure.at or oldest) > (success.at or oldest))
+    return {"success": ok, "failure": bad, "failing": "yes" if failing else "no"}
+
+
 def _missing_object(exc: SnowflakeError) -> bool:
     # 2003: "does not exist or not authorized" (Snowflake; the emulator uses it too).
     return getattr(exc, "errno", None) == 2003
@@ -413,9 +511,16 @@ def fetch_dashboard_data(
         if not snapshots:
             raise DashboardEmpty(EMPTY_WAREHOUSE)
         coins = [coin_from_row(r) for r in _rows(cur, coins_sql(snapshot_limit, top_coins))]
+        last_success, last_failure = fetch_run_status(cur)
     finally:
         cur.close()
-    return DashboardData(snapshots=snapshots, coins=coins, source=source)
+    return DashboardData(
+        snapshots=snapshots,
+        coins=coins,
+        source=source,
+        last_success=last_success,
+        last_failure=last_failure,
+    )
 
 
 # --- Figures (plain plotly figure dicts) --------------------------------------------------------
@@ -959,7 +1064,8 @@ def build_payload(data: DashboardData, currency: str | None = None) -> dict[str,
     first, "latest": key}}, "snapshots": {key: {"id", "currency", "fetch_date", "label",
     "fetched_at_ms", "x", "is_latest", "cards", "figures": {chart: figure}, "marks": {chart: y},
     "coins": [[coin_id, label], ...]}}, "history": {cur: {chart: figure}}, "coin_history":
-    {cur: {coin_id: figure}}, "bounds": {...}, "source", "generated_at"}``. A key is
+    {cur: {coin_id: figure}}, "bounds": {...}, "source", "generated_at", "runs": {"success",
+    "failure", "failing"}}`` (``runs``: :func:`run_status_text`). A key is
     ``<currency>|<snapshot id>``. Raises DashboardEmpty when ``data`` has no snapshot or
     ``currency`` has none.
     """
@@ -979,6 +1085,7 @@ def build_payload(data: DashboardData, currency: str | None = None) -> dict[str,
     payload: dict[str, Any] = {
         "source": data.source,
         "generated_at": data.generated_at.strftime("%Y-%m-%d %H:%M UTC"),
+        "runs": run_status_text(data.last_success, data.last_failure),
         "currencies": {},
         "snapshots": {},
         "history": {},
@@ -1113,6 +1220,7 @@ margin-top:12px}
 .chart{height:380px}
 #chart-top20,#chart-movers{height:520px}
 footer{padding:8px 24px 24px;color:#57606a;font-size:12px}
+#run-status.failing #run-failure{color:#d73027;font-weight:600}
 """
 
 _APP_JS = r"""
@@ -1256,6 +1364,13 @@ def render_html(payload: Mapping[str, Any], plotly_js: str | None = None) -> str
     )
     source = html.escape(str(payload["source"]))
     generated = html.escape(str(payload["generated_at"]))
+    runs = payload.get("runs") or run_status_text(None, None)
+    failing = ' class="meta failing"' if runs["failing"] == "yes" else ' class="meta"'
+    run_status = (
+        f'<p{failing} id="run-status">Last success: <span id="run-success">'
+        f'{html.escape(runs["success"])}</span> · Last failure: <span id="run-failure">'
+        f"{html.escape(runs['failure'])}</span> (ETL_RUNS)</p>"
+    )
     return f"""<!DOCTYPE html>
 <html lang="en">
 <head>
@@ -1270,6 +1385,7 @@ def render_html(payload: Mapping[str, Any], plotly_js: str | None = None) -> str
 <h1>Crypto market</h1>
 <p class="meta">Source: {source} · page generated {generated} · views SNAPSHOT_FILTER,
 MARKET_SNAPSHOTS, COIN_HISTORY</p>
+{run_status}
 <div class="controls">
 <label>Currency <select id="currency-select"></select></label>
 <label>Fetch date <select id="date-select"></select></label>

@@ -37,6 +37,15 @@ Two sources:
 
 Fault injection for tests (checked in this order for every request):
 
+0. scripted responses (1. below) come first; then the faults of :meth:`ReplayServer.inject`
+   (:mod:`local_mode.faults`: a SPEC string such as ``"markets:page=2:503x3"`` or ``Fault``
+   objects, counted once/N/always per endpoint or page): an error fault (429, 5xx, HTML, an
+   error object, a reset) answers instead of the source; a delivery fault (slow, trickle,
+   truncated, gzip-corrupt, reset mid-body) and the data-shape faults (empty page, rank shift,
+   extra/missing field, numbers as strings) work on the source's real answer, after the rate
+   limit let it through. Each recorded request names the faults that shaped it
+   (``RecordedRequest.fault``); :meth:`ReplayServer.faults_fired` counts them.
+
 1. scripted responses: :meth:`ReplayServer.script` queues :class:`Scripted` responses for an
    endpoint (optionally one page of ``/coins/markets``); each request pops the first matching
    one (page-specific queue first, then the endpoint's). A ``Scripted`` may set a status,
@@ -64,7 +73,7 @@ An exception while answering (a bug, an odd recording) is answered with HTTP 500
 
 Run it by hand: ``python -m local_mode.replay_server --coins 1000`` or
 ``python -m local_mode.replay_server --replay DIR [--port 8080] [--rate-limit 30/60]
-[--rate-limit-mode fixed]``.
+[--rate-limit-mode fixed] [--faults SPEC]``.
 """
 
 from __future__ import annotations
@@ -74,6 +83,8 @@ import contextlib
 import json
 import math
 import re
+import socket
+import struct
 import sys
 import threading
 import time
@@ -88,6 +99,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 from functions.common.errors import ValidationError
 from functions.extract.api_errors import error_from_bytes
+from local_mode import faults as fault_spec
 from local_mode import synthetic
 
 API_PREFIX = "/api/v3"
@@ -113,11 +125,13 @@ def _json_bytes(obj: Any) -> bytes:
 
 @dataclass(frozen=True)
 class Reply:
-    """What the server sends: status, body bytes and extra headers."""
+    """What the server sends: status, body bytes, extra headers and how (an injected fault's
+    delay, trickle or reset; see :mod:`local_mode.faults`)."""
 
     status: int
     body: bytes
     headers: Mapping[str, str] = field(default_factory=dict)
+    delivery: fault_spec.Delivery | None = None
 
 
 @dataclass(frozen=True)
@@ -175,6 +189,7 @@ class RecordedRequest:
     status: int | None
     from_source: bool = False  # answered by the source (not a script, a 429 or a 500 of ours)
     rate_limited: bool = False  # a 429 sent by the rate limit (not a scripted one)
+    fault: str | None = None  # the injected faults that shaped the answer (specs, "+"-joined)
 
 
 class MarketSource:
@@ -424,8 +439,9 @@ class _Handler(BaseHTTPRequestHandler):
         endpoint = endpoint.rstrip("/") or endpoint
         page = _int_param(query, "page", 1) if endpoint == "/coins/markets" else None
         from_source = limited = False
+        fault: str | None = None
         try:
-            reply, from_source, limited = replay._respond(endpoint, query, page)
+            reply, from_source, limited, fault = replay._respond(endpoint, query, page)
         except Exception as exc:  # a bug or a bad recording: answer, do not drop the connection
             reply = Reply(
                 500, _json_bytes({"error": f"replay server: {type(exc).__name__}: {exc}"})
@@ -439,20 +455,32 @@ class _Handler(BaseHTTPRequestHandler):
                 query=query,
                 headers={k.lower(): v for k, v in self.headers.items()},
                 page=page,
-                status=None if isinstance(reply, Scripted) else reply.status,
+                status=None if isinstance(reply, Scripted) or reply.status == 0 else reply.status,
                 from_source=from_source,
                 rate_limited=limited,
+                fault=fault,
             )
         )
         if isinstance(reply, Scripted):  # close the connection without answering
             self.close_connection = True
+        elif reply.delivery is not None and reply.delivery.reset_before:
+            self._reset()
         else:
             self._send(reply, replay.kind)
+
+    def _reset(self) -> None:
+        """Reset the connection (TCP RST, not FIN): SO_LINGER on with a 0 s timeout, close."""
+        self.close_connection = True
+        with contextlib.suppress(OSError):
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.connection.close()
 
     def _send(self, reply: Reply, kind: str) -> None:
         # A reply's own Content-Type/Content-Length replace the defaults; its own Content-Length
         # also closes the connection after the body, so a larger one is a body cut off mid-way.
         own = {name.lower() for name in reply.headers}
+        if reply.delivery is not None and reply.delivery.delay > 0:  # before the status line
+            self.server.replay._stopping.wait(reply.delivery.delay)
         try:
             self.send_response(reply.status)
             if "content-type" not in own:
@@ -465,7 +493,24 @@ class _Handler(BaseHTTPRequestHandler):
             for name, value in reply.headers.items():
                 self.send_header(name, value)
             self.end_headers()
-            self.wfile.write(reply.body)
+            delivery = reply.delivery
+            if delivery is None:
+                self.wfile.write(reply.body)
+                return
+            body = reply.body
+            if delivery.reset_at is not None:
+                self.wfile.write(body[: delivery.reset_at])
+                self._reset()
+                return
+            sent = 0
+            if delivery.trickle_every > 0:
+                stopping = self.server.replay._stopping
+                bytes_ = min(len(body), int(delivery.trickle_seconds / delivery.trickle_every))
+                for sent in range(1, bytes_ + 1):
+                    self.wfile.write(body[sent - 1 : sent])
+                    if stopping.wait(delivery.trickle_every):
+                        break
+            self.wfile.write(body[sent:])
         except (BrokenPipeError, ConnectionResetError):  # the client gave up (e.g. timed out)
             self.close_connection = True
 
@@ -474,6 +519,13 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
     replay: ReplayServer
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Quiet when a client drops or resets the connection (it gave up, or a decoding fault
+        made it); any other error is printed as usual."""
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        super().handle_error(request, client_address)
 
 
 class ReplayServer:
@@ -494,6 +546,7 @@ class ReplayServer:
         self._clock = clock
         self._lock = threading.Lock()
         self._scripts: dict[tuple[str, int | None], deque[Scripted]] = {}
+        self._faults = fault_spec.Injector()
         self._limiter: _RateLimiter | _FixedWindowLimiter | None = None
         self._rate_limited = 0
         self._requests: list[RecordedRequest] = []
@@ -572,6 +625,35 @@ class ReplayServer:
         with self._lock:
             self._scripts.setdefault(key, deque()).extend(responses)
 
+    def inject(self, *faults: fault_spec.Fault | str) -> list[fault_spec.Fault]:
+        """Add faults (:class:`local_mode.faults.Fault`, or SPEC strings parsed with
+        :func:`local_mode.faults.parse`) after those already injected; returns them parsed.
+        Raises ValidationError for a bad SPEC."""
+        parsed = [
+            f
+            for item in faults
+            for f in (fault_spec.parse(item) if isinstance(item, str) else [item])
+        ]
+        self._faults.add(parsed)
+        return parsed
+
+    def clear_faults(self) -> None:
+        """Remove every injected fault and forget what fired."""
+        self._faults.clear()
+
+    @property
+    def faults(self) -> list[fault_spec.Fault]:
+        """The injected faults, in order."""
+        return self._faults.faults
+
+    def faults_fired(self) -> dict[str, int]:
+        """``{fault spec: times it fired}`` (faults that never fired are absent)."""
+        return self._faults.fired()
+
+    def pending_faults(self) -> int:
+        """Injected faults with a count not used up yet (``always`` ones are not counted)."""
+        return self._faults.pending()
+
     def pending_scripts(self) -> int:
         """Scripted responses not consumed yet."""
         with self._lock:
@@ -648,15 +730,15 @@ class ReplayServer:
 
     def _respond(
         self, endpoint: str, query: Mapping[str, str], page: int | None
-    ) -> tuple[Reply | Scripted, bool, bool]:
-        """The reply, whether the source gave it (False: scripted or rate-limited), and whether
-        the rate limit refused it."""
+    ) -> tuple[Reply | Scripted, bool, bool, str | None]:
+        """The reply, whether the source gave it (False: scripted, a fault's or rate-limited),
+        whether the rate limit refused it, and the injected faults that shaped it (specs)."""
         scripted = self._pop_script(endpoint, page)
         if scripted is not None:
             if scripted.delay > 0:
                 self._stopping.wait(scripted.delay)
             if scripted.close:
-                return scripted, False, False
+                return scripted, False, False, None
             if scripted.status is not None:
                 body = scripted.body
                 if body is None:
@@ -667,15 +749,54 @@ class ReplayServer:
                     data = body.encode()
                 else:
                     data = _json_bytes(body)
-                return Reply(scripted.status, data, dict(scripted.headers)), False, False
+                return Reply(scripted.status, data, dict(scripted.headers)), False, False, None
+        first = self._faults.take(endpoint, page, ("replace", "delivery"))
+        fault = first[0] if first else None
+        if fault is not None and fault.category == "replace":
+            answer = fault_spec.replacement(fault)
+            reply = Reply(answer.status, answer.body, dict(answer.headers), answer.delivery)
+            return reply, False, False, fault.spec
         with self._lock:
             limiter = self._limiter
             retry_after = limiter.check() if limiter is not None else None
             self._rate_limited += retry_after is not None
         if retry_after is not None:
+            if fault is not None:  # it did not fire: the rate limit answered first
+                self._faults.give_back(fault, page)
             reply = Reply(429, _json_bytes(RATE_LIMIT_BODY), {"Retry-After": str(retry_after)})
-            return reply, False, True
-        return self._serve(endpoint, query, page), True, False
+            return reply, False, True, None
+        reply = self._serve(endpoint, query, page)
+        if reply.status != 200:
+            if fault is not None:
+                self._faults.give_back(fault, page)
+            return reply, True, False, None
+        shapes = self._faults.take(endpoint, page, ("shape",))
+        # empty and rank-shift first: the field faults then reach a shifted-in coin too
+        shapes.sort(key=lambda f: f.kind not in ("empty", "rank-shift"))
+        body = reply.body
+        for shape in shapes:
+            body = fault_spec.reshape(shape, body, self._previous_page(endpoint, query, page))
+        specs = [f.spec for f in shapes]
+        if fault is not None:
+            answer = fault_spec.deliver(fault, body, dict(reply.headers))
+            reply = Reply(answer.status, answer.body, dict(answer.headers), answer.delivery)
+            specs.insert(0, fault.spec)
+        elif shapes:
+            reply = Reply(reply.status, body, reply.headers)
+        return reply, not first, False, "+".join(specs) or None
+
+    def _previous_page(
+        self, endpoint: str, query: Mapping[str, str], page: int | None
+    ) -> Callable[[], bytes]:
+        """The source's page before ``page`` (rank-shift takes its last coin)."""
+
+        def previous() -> bytes:
+            if page is None or page < 2:
+                return b"[]"
+            reply = self._serve(endpoint, {**query, "page": str(page - 1)}, page - 1)
+            return reply.body if reply.status == 200 else b"[]"
+
+        return previous
 
     def _serve(self, endpoint: str, query: Mapping[str, str], page: int | None) -> Reply:
         if endpoint == "/ping":
@@ -780,8 +901,14 @@ def main(argv: list[str] | None = None) -> int:
         help="how --rate-limit counts: sliding (any 60 s) or fixed (a window opened by the first"
         " request, as API gateways count); default sliding",
     )
+    parser.add_argument(
+        "--faults",
+        metavar="SPEC",
+        help="inject faults, e.g. markets:page=2:503x3,global:html (see local_mode/faults.py)",
+    )
     args = parser.parse_args(argv)
     try:
+        injected = fault_spec.parse(args.faults, field="--faults") if args.faults else []
         source: MarketSource = (
             DirectorySource(args.replay, field="--replay")
             if args.replay
@@ -790,6 +917,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValidationError as exc:
         parser.error(str(exc))
     server = ReplayServer(source, port=args.port)
+    server.inject(*injected)
     if args.rate_limit:
         server.rate_limit(*args.rate_limit, mode=args.rate_limit_mode)
     try:

@@ -79,6 +79,9 @@ class RunOptions:
     # Lambda timeouts (seconds) per function for the local runner (benchmarks force the
     # extract's deadline loop with a short one); None: the deployed values.
     function_timeouts: dict[str, float] | None = None
+    # --faults SPEC (--offline/--replay only): faults the local replay server injects
+    # (local_mode.faults), e.g. "markets:page=2:503x3,global:html".
+    faults: str | None = None
 
 
 @dataclass
@@ -110,6 +113,9 @@ class RunReport:
     extract_invocation_seconds: list[float] = field(default_factory=list)
     # States entered (what Step Functions bills as state transitions, give or take the start).
     state_transitions: int = 0
+    # A failed execution's "Record failure" result: {"recorded": true, "table"} or
+    # {"recorded": false, "error"} (None when it succeeded or never got there).
+    run_log: dict[str, Any] | None = None
 
 
 @dataclass
@@ -304,6 +310,16 @@ def prepare(opts: RunOptions) -> Prepared:
 
         RateLimit.parse(opts.rate_limit, field="--rate-limit")
     check_request_timeout(env)
+    if opts.faults is not None:
+        from local_mode.faults import parse
+
+        if not (opts.offline or opts.replay_dir is not None):
+            raise ValidationError(
+                "--faults",
+                "injects faults into the local replay server: needs --offline or"
+                " --replay (never the live API)",
+            )
+        parse(opts.faults, field="--faults")
     lake_dir, warehouse_dir = check_local_dir(opts.local_dir)
 
     data: dict[str, Any] = {"snapshot_id": snapshot_id}
@@ -459,7 +475,14 @@ class _Progress:
                     self.extract_invocations.append(round(took, 3))
                     self._invocation_start = None
             if ev.state not in TASK_STATES:
-                if ev.kind == "entered" and ev.state == "Notify failure":
+                if ev.kind == "entered" and ev.state == "Record failure":
+                    self.close_bar()
+                    self.line("  → recording the failure in ETL_RUNS")
+                elif ev.kind == "exited" and ev.state == "Failure not recorded":
+                    error = (ev.detail.get("run_log") or {}).get("error") or {}
+                    why = error_message(error.get("Cause")) or ""
+                    self.line(f"  ! not recorded in ETL_RUNS: {error.get('Error')}: {why}")
+                elif ev.kind == "entered" and ev.state == "Notify failure":
                     self.close_bar()
                     self.line("  → publishing failure alert to the SNS topic")
                 return
@@ -518,6 +541,16 @@ class _ProgressLines(logging.Handler):
                 self.progress.line(line)
 
 
+def _set_stream(handler: logging.StreamHandler, stream: TextIO) -> None:
+    """``handler.setStream(stream)`` without flushing the old stream first when it is already
+    closed (``setStream`` flushes it: a stream captured earlier, e.g. by a test, may be gone)."""
+    old = handler.stream
+    if getattr(old, "closed", False):
+        handler.stream = stream
+    else:
+        handler.setStream(stream)
+
+
 @contextmanager
 def _handler_logs_as_progress(progress: _Progress, verbose: bool, level: int) -> Iterator[None]:
     """Show the handlers' progress as short lines; their JSON logs only with ``-v``, on stderr.
@@ -536,7 +569,7 @@ def _handler_logs_as_progress(progress: _Progress, verbose: bool, level: int) ->
         for h in lg.handlers:
             h.setLevel(level if verbose else logging.CRITICAL + 1)
             if isinstance(h, logging.StreamHandler):
-                h.setStream(sys.stderr)  # Powertools writes to the stdout of import time
+                _set_stream(h, sys.stderr)  # Powertools writes to the stdout of import time
         lg.addHandler(lines)
     try:
         yield
@@ -546,7 +579,7 @@ def _handler_logs_as_progress(progress: _Progress, verbose: bool, level: int) ->
             for h, level_was, stream in handlers:
                 h.setLevel(level_was)
                 if isinstance(h, logging.StreamHandler) and stream is not None:
-                    h.setStream(stream)
+                    _set_stream(h, stream)
 
 
 @contextmanager
@@ -580,6 +613,9 @@ def _coingecko_source(
                         f" {limit.window_seconds:g}s (fixed windows); the client paces itself"
                     )
                 env["COINGECKO_RATE_LIMIT"] = opts.rate_limit
+            if opts.faults is not None:
+                injected = server.inject(opts.faults)  # checked by prepare()
+                progress.line(f"Faults: {', '.join(f.spec for f in injected)}")
             # Sealed from the user's shell: no real key goes to the replay server.
             yield env, server
     else:
@@ -696,6 +732,7 @@ def run_pipeline(opts: RunOptions, out: TextIO | None = None) -> RunReport:
         replay=replay,
         extract_invocation_seconds=list(progress.extract_invocations),
         state_transitions=progress.transitions,
+        run_log=result.run_log,
     )
 
 
@@ -822,6 +859,13 @@ def _print_data_notes(o: Mapping[str, Any], out: TextIO) -> None:
     failed = [c for c in quality.get("checks") or [] if not c.get("passed")]
     if failed:
         print(f"  quality       ! failed: {describe_failed_checks(failed)}", file=out)
+    if o.get("duplicate_count"):
+        print(
+            f"  duplicates    {plural(o['duplicate_count'], 'coin')} on two pages (ranks shifted"
+            " while paging): as many others may have crossed a page boundary unseen; coverage"
+            " below says how much of the market is here",
+            file=out,
+        )
     coverage = coverage_line(o.get("coverage") or {})
     if coverage is not None:
         print(f"  coverage      {coverage}", file=out)
@@ -866,6 +910,10 @@ def print_summary(report: RunReport, out: TextIO) -> None:
             after := warehouse_after_failure(report.failed_state, report.error_message)
         ) is not None:
             print(f"  warehouse     {after}", file=out)
+        if report.run_log is not None:
+            recorded = report.run_log.get("recorded")
+            text = "a FAILED row in ETL_RUNS" if recorded else "! not recorded in ETL_RUNS"
+            print(f"  run log       {text}", file=out)
     if report.replay is not None:
         print(f"  replay        {_replay_line(report.replay)}", file=out)
     print(f"  lake          {report.lake_dir}", file=out)
@@ -911,6 +959,7 @@ def summary_json(report: RunReport) -> dict[str, Any]:
         "error": report.error,
         "error_message": report.error_message,
         "alerts_sent": len(report.alerts),
+        "failure_recorded": (report.run_log or {}).get("recorded"),
         "paging": {
             "stop_reason": o.get("stop_reason"),
             "end_confirmed": o.get("end_confirmed"),
@@ -1042,6 +1091,12 @@ def register(sub: Any) -> None:
         " on CoinGecko's hosts; see COINGECKO_RATE_LIMIT). With --offline/--replay the local"
         " server also enforces it, in fixed windows",
     )
+    run.add_argument(
+        "--faults",
+        metavar="SPEC",
+        help="with --offline/--replay: faults the local server injects, e.g."
+        " markets:page=2:503x3,global:429:retry-after=date (see the README's Fault injection)",
+    )
     run.add_argument("--vs-currency", help="quote currency, 1-16 of a-z 0-9 _ - (default usd)")
     run.add_argument(
         "--per-page",
@@ -1076,6 +1131,7 @@ def run_cli(args: argparse.Namespace, out: TextIO) -> int:
         verbose=args.verbose,
         as_of=args.as_of,
         rate_limit=args.rate_limit,
+        faults=args.faults,
     )
     as_json = bool(getattr(args, "json", False))
     report = run_pipeline(opts, sys.stderr if as_json else out)

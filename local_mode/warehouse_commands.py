@@ -362,14 +362,17 @@ def show_cli(args: argparse.Namespace, out: TextIO) -> int:
 
 _RUNS = """
 SELECT LOADED_AT, STATUS, SNAPSHOT_ID, VS_CURRENCY, COIN_COUNT, ROWS_LOADED, ROWS_INSERTED,
-       ROWS_REPLACED, REJECTED_COUNT, FETCHED_AT, EXECUTION_ID, QUALITY{coverage}
+       ROWS_REPLACED, REJECTED_COUNT, FETCHED_AT, EXECUTION_ID, QUALITY{coverage}{failure}
 FROM ETL_RUNS
 ORDER BY LOADED_AT DESC, SNAPSHOT_ID DESC
 LIMIT {limit}
 """
 # The coverage columns (added by issue 13's load; a warehouse not loaded since lacks them).
 _RUNS_COVERAGE = ", COIN_COVERAGE_PCT, MARKET_CAP_COVERAGE_PCT, COVERAGE_WARNING"
+# A FAILED row's state and error (added by issue 14's load, likewise).
+_RUNS_FAILURE = ", FAILED_STATE, ERROR_NAME, ERROR_MESSAGE"
 MAX_EXECUTION_SECONDS = 3600  # the state machine's TimeoutSeconds
+NOTE_ERROR_CHARS = 160  # a failed row's error message in NOTE (tables; --json has it whole)
 RUNS_HEADERS = [
     "LOADED_AT", "STATUS", "SNAPSHOT_ID", "VS_CURRENCY", "COINS", "ROWS", "INSERTED",
     "REPLACED", "REJECTED", "COIN_COV_PCT", "MCAP_COV_PCT", "DURATION_S", "EXECUTION", "NOTE",
@@ -396,28 +399,48 @@ def _rebuilt(quality: Any) -> bool:
         return False
 
 
-def runs_rows(rows: Sequence[Sequence[Any]]) -> list[tuple[Any, ...]]:
+def failure_note(state: Any, error: Any, message: Any, limit: int | None = None) -> str:
+    """NOTE of a FAILED row: ``failed at <state>: <error>: <message>`` (message cut to
+    ``limit`` characters, ending ``…``, when given)."""
+    text = f"failed at {state or '?'}: {error or '?'}"
+    if isinstance(message, str) and message:
+        if limit is not None and len(message) > limit:
+            message = message[: limit - 1] + "…"
+        text += f": {message}"
+    return text
+
+
+def runs_rows(
+    rows: Sequence[Sequence[Any]], note_limit: int | None = None
+) -> list[tuple[Any, ...]]:
     """ETL_RUNS rows as selected by ``_RUNS`` -> the ``RUNS_HEADERS`` columns.
 
     DURATION_S is LOADED_AT - FETCHED_AT in seconds (from the Extract's fetch to the Load's
-    commit stamp: the execution's duration up to the commit); None for a row written by
+    commit stamp: the execution's duration up to the commit; for a FAILED row, up to when the
+    failure was recorded, None when nothing was fetched); None for a row written by
     ``crypto-etl rebuild`` (NOTE says so), whose LOADED_AT is the rebuild's. COIN_COV_PCT and
     MCAP_COV_PCT are the coverage of /global's coins and market cap (%); a coverage warning
-    goes to NOTE.
+    goes to NOTE. A FAILED row's NOTE names the failed state, the error and its message (cut to
+    ``note_limit`` characters when given).
     """
     result = []
     for row in rows:
         loaded, status, snap, cur, coins, n, ins, rep, rej, fetched, execution, quality = row[:12]
         coin_pct, mcap_pct, warning = (*row[12:15], None, None, None)[:3]
+        failed_state, error, message = (*row[15:18], None, None, None)[:3]
         rebuilt = _rebuilt(quality)
         duration = None
         note = "rebuilt from the lake" if rebuilt else (f"! {warning}" if warning else "")
+        if status == "FAILED":
+            note = failure_note(failed_state, error, message, note_limit)
         if not rebuilt and isinstance(loaded, datetime) and isinstance(fetched, datetime):
             duration = round((loaded - fetched).total_seconds(), 1)
             # An execution ends within the state machine's 3600 s: a fetch time outside that
             # was simulated (crypto-etl run --offline --as-of), not measured.
             if not 0 <= duration <= MAX_EXECUTION_SECONDS:
-                duration, note = None, "simulated fetch time (--as-of)"
+                duration = None
+                if status != "FAILED":
+                    note = "simulated fetch time (--as-of)"
         result.append(
             (loaded, status, snap, cur, coins, n, ins, rep, rej, coin_pct, mcap_pct, duration,
              _execution_name(execution), note)
@@ -426,21 +449,30 @@ def runs_rows(rows: Sequence[Sequence[Any]]) -> list[tuple[Any, ...]]:
 
 
 def runs_cli(args: argparse.Namespace, out: TextIO) -> int:
-    """``crypto-etl runs``: the latest ``--limit`` ETL_RUNS rows, newest first (1 if none)."""
+    """``crypto-etl runs``: the latest ``--limit`` ETL_RUNS rows (loads and failed executions),
+    newest first (1 if none)."""
+    # An ETL_RUNS from an older version lacks the later columns: ask for fewer.
+    variants = [(_RUNS_COVERAGE, _RUNS_FAILURE), (_RUNS_COVERAGE, ""), ("", "")]
     with warehouse_connection(args.local_dir, args.remote) as conn:
         limit = int(args.limit)
-        try:
-            rows = fetch(conn, _RUNS.format(limit=limit, coverage=_RUNS_COVERAGE))[1]
-        except SnowflakeError as exc:
-            if _table_missing(exc):
-                rows = []
-            elif "COVERAGE" in str(exc).upper():  # an ETL_RUNS from before coverage
-                rows = fetch(conn, _RUNS.format(limit=limit, coverage=""))[1]
-            else:
-                raise
+        rows: list[tuple[Any, ...]] = []
+        for i, (coverage, failure) in enumerate(variants):
+            statement = _RUNS.format(limit=limit, coverage=coverage, failure=failure)
+            try:
+                rows = fetch(conn, statement)[1]
+                break
+            except SnowflakeError as exc:
+                if _table_missing(exc):
+                    break
+                text = str(exc).upper()
+                optional = ("COVERAGE", "FAILED_STATE", "ERROR_NAME", "ERROR_MESSAGE")
+                if i == len(variants) - 1 or not any(c in text for c in optional):
+                    raise
     if not rows:
         return _nothing(NO_RUNS, args.json, out)
-    print_rows(RUNS_HEADERS, runs_rows(rows), args.json, out)
+    print_rows(
+        RUNS_HEADERS, runs_rows(rows, None if args.json else NOTE_ERROR_CHARS), args.json, out
+    )
     return 0
 
 
@@ -511,9 +543,12 @@ def register(sub: Any) -> None:
     show.add_argument("--remote", action="store_true", help=remote_help)
     show.set_defaults(func=show_cli)
 
-    runs = sub.add_parser("runs", help="recent loads recorded in ETL_RUNS, newest first")
+    runs = sub.add_parser(
+        "runs",
+        help="recent loads and failed executions recorded in ETL_RUNS, newest first",
+    )
     runs.add_argument(
-        "--limit", type=int_range(1, 10_000), default=20, help="loads to list (default 20)"
+        "--limit", type=int_range(1, 10_000), default=20, help="rows to list (default 20)"
     )
     runs.add_argument("--json", action="store_true", help="print a JSON array of objects")
     runs.add_argument("--remote", action="store_true", help=remote_help)

@@ -89,6 +89,9 @@ class ExecutionResult:
     alerts: list[dict[str, Any]]
     history: list[dict[str, Any]]
     state_outputs: dict[str, dict[str, Any]]
+    # A failed execution's "Record failure" outcome: {"recorded": true, "table"} or
+    # {"recorded": false, "error": {"Error", "Cause"}}; None when no failure was recorded.
+    run_log: dict[str, Any] | None = None
 
 
 def _function_error_payload(exc: BaseException) -> bytes:
@@ -411,8 +414,15 @@ class LocalStepFunctions:
             if "failed_state" in out and isinstance(out.get("error"), dict):
                 failed_state, pass_out = out["failed_state"], out
                 break
+        # "Record failure" (and "Failure not recorded") keep $.error: the execution's own error
+        # (the Fail state's) is the original one even when recording it failed.
         error = desc.get("error") or (pass_out.get("error") or {}).get("Error")
         cause = desc.get("cause") or (pass_out.get("error") or {}).get("Cause")
+        run_log = None
+        for state in ("Failure not recorded", "Record failure"):
+            if isinstance((state_outputs.get(state) or {}).get("run_log"), dict):
+                run_log = state_outputs[state]["run_log"]
+                break
         return ExecutionResult(
             status=desc["status"],
             execution_arn=arn,
@@ -424,6 +434,7 @@ class LocalStepFunctions:
             alerts=self.alerts(),
             history=history,
             state_outputs=state_outputs,
+            run_log=run_log,
         )
 
     def catch_up(self) -> None:

@@ -6,6 +6,9 @@ Retried (each counts as a retry against the limits below):
   (:func:`parse_retry_after`: a negative or unparseable value is ignored, 0 or a past date waits
   :data:`MIN_RETRY_WAIT`), else exponential backoff;
 * HTTP 408 and any 5xx;
+* a 2xx whose body is not JSON (cut off mid-way, or a proxy's HTML page): transient, like a 5xx;
+* a response that takes more than ``timeout`` seconds in all (a body trickling in: the read
+  timeout alone bounds each read, not the whole body);
 * a 2xx whose body is a CoinGecko error object (``{"status": {"error_code": 429, ...}}``) with a
   retryable ``error_code`` (408, 429, 5xx): CoinGecko sometimes answers a rate limit with 200,
   so it is retried exactly as that status would be (``Retry-After`` included);
@@ -88,6 +91,8 @@ USER_AGENT = "crypto-etl/0.1 (+requests)"
 # A name-resolution failure is retried this many times, after at most DNS_RETRY_WAIT seconds.
 DNS_MAX_RETRIES = 1
 DNS_RETRY_WAIT = 1.0
+# Bytes asked of the socket per read while a body arrives (read1 returns what is there).
+BODY_READ_SIZE = 65536
 
 # Transient transport failures: connect/read timeouts, refused or reset connections, a body cut
 # off mid-way or failing to decode. (requests.Timeout covers ConnectTimeout and ReadTimeout;
@@ -376,8 +381,11 @@ class CoinGeckoClient:
             api_message = ""
             dns_failed = False
             try:
-                resp = self._session.get(url, timeout=self.timeout, allow_redirects=False)
-                body = resp.content
+                started = time.monotonic()
+                resp = self._session.get(
+                    url, timeout=self.timeout, allow_redirects=False, stream=True
+                )
+                body = self._read_body(resp, started)
             except TLS_ERRORS as exc:
                 if not is_tls_eof(exc):  # a certificate problem will not heal
                     raise SourceError(
@@ -396,30 +404,30 @@ class CoinGeckoClient:
             else:
                 status = resp.status_code
                 if 200 <= status <= 299:
-                    # A markets page is a list: only an object can be an error, parse no other.
-                    if body.lstrip()[:1] != b"{":
-                        return ApiResponse(url, status, body, resp.headers, attempts)
                     try:
                         parsed = json.loads(body)
-                    except (ValueError, UnicodeDecodeError):  # get_json reports it
-                        return ApiResponse(url, status, body, resp.headers, attempts)
-                    error = parse_error_body(parsed)
-                    if error is None:
-                        return ApiResponse(url, status, body, resp.headers, attempts, parsed)
-                    if error.code is None or not is_retryable_status(error.code):
-                        code = f"error_code {error.code}: " if error.code is not None else ""
-                        raise SourceError(
-                            f"CoinGecko GET {url} returned HTTP {status} with an error object "
-                            f"instead of data (not retried): {code}{error.message}: "
-                            f"{snippet(body)!r}",
-                            url=url,
-                            status=status,
-                            api_message=error.message,
-                        )
-                    # Retried as the status it names; the error's status is that code.
-                    problem = f"HTTP {status} with error_code {error.code}: {error.message}"
-                    status = error.code
-                    api_message = error.message
+                    except (ValueError, UnicodeDecodeError) as exc:
+                        # A cut-off body or a proxy's HTML page: transient, like a 5xx.
+                        problem = f"HTTP {status} with a body that is not JSON ({_short(exc)}): "
+                        problem += repr(snippet(body))
+                    else:
+                        error = parse_error_body(parsed)
+                        if error is None:
+                            return ApiResponse(url, status, body, resp.headers, attempts, parsed)
+                        if error.code is None or not is_retryable_status(error.code):
+                            code = f"error_code {error.code}: " if error.code is not None else ""
+                            raise SourceError(
+                                f"CoinGecko GET {url} returned HTTP {status} with an error "
+                                f"object instead of data (not retried): {code}{error.message}: "
+                                f"{snippet(body)!r}",
+                                url=url,
+                                status=status,
+                                api_message=error.message,
+                            )
+                        # Retried as the status it names; the error's status is that code.
+                        problem = f"HTTP {status} with error_code {error.code}: {error.message}"
+                        status = error.code
+                        api_message = error.message
                 else:
                     error = error_from_bytes(body)
                     message = error.message if error else snippet(body)
@@ -491,6 +499,26 @@ class CoinGeckoClient:
             self.pacing_waits += 1
             self.pacing_wait_seconds += slept
             self._log.debug("paced", extra={"url": url, "wait_seconds": round(slept, 3)})
+
+    def _read_body(self, resp: requests.Response, started: float) -> bytes:
+        """The whole body (decoded), or ``requests.Timeout`` when the response takes more than
+        ``timeout`` seconds in all: the read timeout bounds each read, so a body trickling in
+        a byte at a time would otherwise hold the extract until its Lambda deadline."""
+        raw = resp.raw
+        if not hasattr(raw, "read1"):  # not urllib3 (a test adapter): no trickle to bound
+            return resp.content
+        parts: list[bytes] = []
+        try:
+            while chunk := raw.read1(BODY_READ_SIZE, decode_content=True):
+                parts.append(chunk)
+                if time.monotonic() - started > self.timeout:
+                    raise requests.Timeout(
+                        f"the response took more than {self.timeout:g}s in all"
+                        f" ({sum(map(len, parts))} bytes so far)"
+                    )
+        finally:
+            resp.close()
+        return b"".join(parts)
 
     def backoff(self, retry: int) -> float:
         """The jittered exponential wait before retry number ``retry`` (1-based)."""

@@ -41,6 +41,7 @@ Returns the Extract contract (README "Contracts between states").
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -51,7 +52,7 @@ from typing import Any
 
 from functions.common import keys
 from functions.common.config import env_float
-from functions.common.errors import CryptoEtlError, SourceError, ValidationError
+from functions.common.errors import ConfigError, CryptoEtlError, SourceError, ValidationError
 from functions.common.log import get_logger
 from functions.common.snapshot_index import claim_partition_date
 from functions.common.storage import Storage, get_json, put_json, storage_from_env
@@ -82,6 +83,13 @@ PROGRESS_VERSION = 1
 
 _CURRENCY_RE = re.compile(r"[a-z0-9_-]{1,16}")
 _KNOWN_INPUT = ("vs_currency", "max_coins", "per_page", "snapshot_id")
+# Execution input limits (parse_event). The contract's input is four short members (~100 bytes
+# of JSON); Step Functions itself accepts 256 KiB ("Quotas related to state machine executions",
+# docs.aws.amazon.com/step-functions/latest/dg/service-quotas.html). Anything near that is a
+# mistake or an attack, refused before it is logged, echoed in an error or sent to CoinGecko.
+MAX_INPUT_BYTES = 8192  # compact UTF-8 JSON of the execution input
+MAX_INPUT_MEMBERS = 16  # the four known members, "Comment" and room for a few annotations
+MAX_INPUT_NAME_CHARS = 64  # an ignored member's name is logged: keep it short and printable
 _COUNTERS = (
     "api_calls",
     "retries",
@@ -148,10 +156,38 @@ def _str_field(source: Mapping[str, Any], name: str, where: str) -> str:
 
 
 def parse_event(event: Any) -> ExtractRequest:
-    """Check the event against the contract; raise ValidationError naming the first bad field."""
+    """Check the event against the contract; raise ValidationError naming the first bad field.
+
+    The execution input (``event["input"]``; null means ``{}``) must be a JSON object of at most
+    ``MAX_INPUT_BYTES`` bytes (compact UTF-8 JSON) and ``MAX_INPUT_MEMBERS`` members, each name
+    1-``MAX_INPUT_NAME_CHARS`` printable characters; these are checked first, so no error
+    message echoes an oversized value. Then each known member's type and range.
+    """
     event = keys.validate_object(event, "event")
     data = event.get("input")
     data = keys.validate_object({} if data is None else data, "input")
+    try:
+        size = len(json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode())
+    except (TypeError, ValueError, RecursionError) as exc:
+        # Not JSON (a Lambda event always is; a direct call may not be) or nested too deep.
+        raise ValidationError("input", f"is not serializable JSON ({type(exc).__name__})") from exc
+    if size > MAX_INPUT_BYTES:
+        raise ValidationError(
+            "input", f"is {size} bytes of JSON; the limit is {MAX_INPUT_BYTES} bytes"
+        )
+    if len(data) > MAX_INPUT_MEMBERS:
+        raise ValidationError("input", f"has {len(data)} members; the limit is {MAX_INPUT_MEMBERS}")
+    for member in data:
+        if (
+            not isinstance(member, str)
+            or not 0 < len(member) <= MAX_INPUT_NAME_CHARS
+            or not member.isprintable()
+        ):
+            shown = repr(member)[: MAX_INPUT_NAME_CHARS + 2]  # the name, cut to the limit
+            raise ValidationError(
+                "input",
+                f"member name {shown} must be 1-{MAX_INPUT_NAME_CHARS} printable characters",
+            )
     execution = event.get("execution")
     if not isinstance(execution, Mapping):
         raise ValidationError(
@@ -218,6 +254,13 @@ def expected_pages(
     if max_coins is not None:
         wanted = min(wanted, max_coins)
     return math.ceil(wanted / per_page) + (1 if max_coins is None else 0)
+
+
+def _expected_coins(active: object, request: ExtractRequest) -> int | None:
+    """The coins paging should reach per ``/global`` (None when unknown)."""
+    if not isinstance(active, int) or isinstance(active, bool) or active <= 0:
+        return None
+    return active if request.max_coins is None else min(active, request.max_coins)
 
 
 def build_manifest(
@@ -494,6 +537,7 @@ def run(
             on_page=store,
             max_pages=MAX_PAGES,
             resume=resume,
+            expected_coins=_expected_coins(progress.get("active_cryptocurrencies"), request),
         )
         counters = _counters(previous_counts, client)
         base_url = client.base_url
@@ -583,6 +627,25 @@ def run(
     return contract
 
 
+def check_window_fits(config: ExtractConfig, available_seconds: float, margin: float) -> None:
+    """Raise ConfigError when one rate-limit window does not fit in an invocation's time for
+    pages (``available_seconds`` less one request timeout and ``margin``): an invocation that
+    starts with the window spent could then never send a request, and the deadline loop would
+    not advance. Lambda's 900 s against a 60 s window is far from it."""
+    if config.rate_limit is None:
+        return
+    usable = available_seconds - config.timeout_seconds - margin
+    window = config.rate_limit.window_seconds
+    if usable < window:
+        raise ConfigError(
+            "COINGECKO_RATE_LIMIT",
+            f"its {window:g}s window is longer than the {max(usable, 0):g}s an extract"
+            f" invocation has for pages ({available_seconds:g}s left, less the"
+            f" {config.timeout_seconds:g}s request timeout and the {margin:g}s margin): raise"
+            " the extract function's timeout or use a shorter window",
+        )
+
+
 def handler(event: dict, context: Any) -> dict:
     """Lambda entry point: configuration and storage come from the environment at call time."""
     logger.setLevel(os.environ.get("POWERTOOLS_LOG_LEVEL") or os.environ.get("LOG_LEVEL") or "INFO")
@@ -597,6 +660,7 @@ def handler(event: dict, context: Any) -> dict:
         check_timeout_fits(
             config.timeout_seconds, deadline(), margin, "the time left in this invocation"
         )
+        check_window_fits(config, deadline(), margin)
     return run(
         event,
         config=config,

@@ -16,6 +16,9 @@ Rules decided here:
   stop_reason    when                                                             confirmed
   ============== ===============================================================  =========
   empty_page     a page holds no coins: the end of the market                     yes
+  early_end      a page is empty twice although fewer than half the coins         no
+                 ``expected_coins`` says (from ``/global``) were kept: a hole in
+                 the listing, not its end
   max_coins      ``max_coins`` coins are kept                                     yes
   deadline       fewer than ``reserve_seconds`` left before a request             no
                  (``next_page`` says where to resume)
@@ -63,7 +66,16 @@ MARKETS_PATH = "/coins/markets"
 MAX_PAGES = 400
 _SHA256_RE = re.compile(r"[0-9a-f]{64}")
 
-STOP_REASONS = ("empty_page", "max_coins", "deadline", "repeated_page", "page_limit")
+STOP_REASONS = (
+    "empty_page",
+    "max_coins",
+    "deadline",
+    "repeated_page",
+    "page_limit",
+    "early_end",
+)
+# An empty page with fewer than this share of the expected coins kept is asked for again.
+EARLY_END_FRACTION = 0.5
 CONFIRMED_STOPS = frozenset({"empty_page", "max_coins"})
 
 
@@ -217,6 +229,7 @@ def fetch_markets(
     on_page: Callable[[FetchedPage, PagingState], None] | None = None,
     max_pages: int = MAX_PAGES,
     resume: PagingState | None = None,
+    expected_coins: int | None = None,
 ) -> MarketsResult:
     """Call ``fetch(page)`` for pages ``start_page, start_page + 1, ...`` until paging stops.
 
@@ -224,7 +237,11 @@ def fetch_markets(
     (a previous result's ``state``) replaces ``start_page`` and carries the exact counts.
     ``on_page(page, state)`` is called with each kept page as soon as it is fetched (to store
     it and report progress) and the state to resume from after it; a repeated page is not
-    kept. ``max_coins=None`` pages until an empty page. Errors raised by ``fetch`` propagate
+    kept. ``max_coins=None`` pages until an empty page. ``expected_coins`` (e.g. ``/global``'s
+    active coins, capped at ``max_coins``) makes an empty page that comes with fewer than
+    :data:`EARLY_END_FRACTION` of them kept be asked for once more: a transient empty answer
+    then costs one request, and a persistent one stops paging as ``early_end`` (unconfirmed,
+    with a warning) instead of passing for the end. Errors raised by ``fetch`` propagate
     unchanged; a negative ``RawPage.rows`` or a bad paging parameter raises ValidationError.
     """
     # A resumed run's coins so far are known exactly (a capped server serves fewer per page
@@ -287,6 +304,13 @@ def fetch_markets(
         if resume.pages_fetched + len(pages) >= max_pages:
             return result("page_limit", problem=f"the page limit ({max_pages} pages) was reached")
         raw = fetch(page)
+        early = (
+            raw.rows == 0
+            and expected_coins is not None
+            and total < expected_coins * EARLY_END_FRACTION
+        )
+        if early:
+            raw = fetch(page)  # once more: an empty answer mid-market is more likely a glitch
         if raw.rows < 0:
             raise ValidationError("rows", f"page {page}: {raw.rows} must be >= 0")
         digest = hashlib.sha256(raw.body).hexdigest()
@@ -308,6 +332,12 @@ def fetch_markets(
         page += 1
         if on_page is not None:
             on_page(fetched, state())
+        if raw.rows == 0 and early:
+            return result(
+                "early_end",
+                problem=f"page {page - 1} was empty twice although /global counts about"
+                f" {expected_coins} coins and only {total} were kept (a hole in the listing?)",
+            )
         if raw.rows == 0:
             return result("empty_page")
         if max_coins is not None and total >= max_coins:

@@ -1,4 +1,5 @@
-"""Load Lambda: validate the Transform output, fetch the processed file, load it into Snowflake.
+"""Load Lambda: validate the Transform output, fetch the processed file, load it into Snowflake;
+or, with ``"action": "record_failure"``, record a failed execution in ETL_RUNS.
 
 Input: the Transform contract (``bucket``, ``processed_key``, ``snapshot_id``, ``run_id``,
 ``partition_date``, ``row_count``, the Extract/Transform counts and, when present, ``coverage``,
@@ -9,16 +10,23 @@ are passed through. Output: the input plus ``rows_inserted``, ``rows_replaced``,
 After the warehouse transaction has committed, the snapshot index (``snapshots/<id>.json``) is
 switched to this run, so the lake names the run whose rows the warehouse holds; a failed load
 leaves it pointing at the previous run.
+
+The ``record_failure`` action (the state machine's "Record failure" step, on the Catch path)
+takes ``{"action": "record_failure", "failed_state", "error": {"Error", "Cause"}, "execution":
+{"name", "id", "start_time"}, "state_input"}`` and writes the execution's FAILED row
+(:func:`record_failure_run`); it touches neither CRYPTO_DATA nor the lake.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
+import re
 import tempfile
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
@@ -29,8 +37,16 @@ from functions.common.log import get_logger
 from functions.common.schema import TIMESTAMP_FORMAT
 from functions.common.snapshot_index import switch_current
 from functions.common.storage import Storage, storage_from_env
+from functions.load import sql
 from functions.load.config import SnowflakeConfig
-from functions.load.loader import Coverage, RunInfo, ensure_objects, load_snapshot
+from functions.load.loader import (
+    Coverage,
+    FailureRecord,
+    RunInfo,
+    ensure_objects,
+    load_snapshot,
+    record_failure,
+)
 from functions.load.sql import Names
 
 logger = get_logger("load")
@@ -285,18 +301,214 @@ def run(
     }
 
 
-def _required_str(event: Mapping[str, Any], field: str) -> str:
+def _required_str(event: Mapping[str, Any], field: str, label: str | None = None) -> str:
     value = event.get(field)
     if not isinstance(value, str) or not value.strip():
-        raise ValidationError(field, f"{value!r} must be a non-empty string")
+        raise ValidationError(label or field, f"{value!r} must be a non-empty string")
     return value
 
 
+# --- record_failure ------------------------------------------------------------------------
+
+ACTION_LOAD = "load"
+ACTION_RECORD_FAILURE = "record_failure"
+_FAILURE_FIELDS = {"action", "failed_state", "error", "execution", "state_input"}
+_STATE_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9 _?-]{0,63}$")
+_CURRENCY_RE = re.compile(r"^[a-z0-9_-]{1,16}$")
+
+
+@dataclass(frozen=True)
+class FailureRequest:
+    """The validated ``record_failure`` event: what the FAILED row records."""
+
+    record: FailureRecord
+    execution_name: str
+    cause: str | None  # the error's Cause as received (ERROR_MESSAGE is derived from it)
+
+
+def bounded(text: str, limit: int) -> str:
+    """``text`` on one line (runs of whitespace -> one space), cut to ``limit`` characters
+    (the last one then ``…``)."""
+    one_line = " ".join(text.split())
+    return one_line if len(one_line) <= limit else one_line[: limit - 1] + "…"
+
+
+def error_message(cause: str | None, secrets: Sequence[str | None] = ()) -> str | None:
+    """The message of a Step Functions error ``Cause``, bounded to ERROR_MESSAGE_MAX_CHARS.
+
+    A Lambda function's error arrives as the JSON text ``{"errorType", "errorMessage",
+    "stackTrace"}`` (docs.aws.amazon.com/lambda/latest/dg/python-exceptions.html): its
+    ``errorMessage`` is kept (not the stack trace); any other Cause is kept as it is. Each of
+    ``secrets`` (4 characters or more) is replaced by ``***`` before bounding (defence in
+    depth: the handlers' messages never hold them).
+    """
+    if cause is None or not cause.strip():
+        return None
+    text = cause
+    try:
+        parsed = json.loads(cause)
+    except ValueError:
+        parsed = None
+    if isinstance(parsed, dict) and isinstance(parsed.get("errorMessage"), str):
+        text = parsed["errorMessage"]
+    for secret in secrets:
+        if secret and len(secret) >= 4:
+            text = text.replace(secret, "***")
+    return bounded(text, sql.ERROR_MESSAGE_MAX_CHARS) or None
+
+
+def _lenient(parse: Callable[[], Any]) -> Any:
+    """The parsed value, or None when it is invalid: the failed state's input is recorded as
+    far as it is valid (it may be what failed), never a reason not to record the failure."""
+    try:
+        return parse()
+    except ValidationError:
+        return None
+
+
+def _progress(state_input: Mapping[str, Any]) -> RunInfo:
+    """The counts so far from the failed state's input (each invalid value -> None)."""
+
+    def count(name: str) -> int | None:
+        return _lenient(lambda: _count(state_input, name))
+
+    def key(name: str, prefix: str) -> str | None:
+        value = state_input.get(name)
+        return None if value is None else _lenient(lambda: keys.validate_key(value, name, prefix))
+
+    currency = state_input.get("vs_currency")
+    quality = state_input.get("quality")
+    return RunInfo(
+        fetched_at=_lenient(lambda: _timestamp(state_input, "fetched_at")),
+        fetch_date=_lenient(lambda: _date(state_input, "fetch_date")),
+        vs_currency=currency.lower()
+        if isinstance(currency, str) and _CURRENCY_RE.fullmatch(currency.lower())
+        else None,
+        processed_key=key("processed_key", keys.PROCESSED),
+        rejected_key=key("rejected_key", keys.REJECTED),
+        quality=quality if isinstance(quality, Mapping) else None,
+        coverage=_lenient(lambda: parse_coverage(state_input.get("coverage"))),
+        **{f: count(f) for f in _COUNT_FIELDS},
+    )
+
+
+def parse_failure_event(event: Any) -> FailureRequest:
+    """Check a ``record_failure`` event strictly; raise ValidationError naming the bad field.
+
+    Shape: ``action`` "record_failure"; ``failed_state`` a state name (1-64 letters, digits,
+    spaces, ``_ - ?``); ``error`` ``{"Error": non-empty string, "Cause": string or null}`` (as
+    a Catch's ResultPath stores it); ``execution`` ``{"name", "id"}`` non-empty strings (and
+    ``start_time``); ``state_input`` the failed state's input, an object or null: its counts
+    (``coin_count, pages, api_calls, retries, rejected_count, duplicate_count``, ``coverage``,
+    ...) are recorded where valid and its ``snapshot_id`` names the row's snapshot (else the
+    execution name, else the run id). Other top-level fields are refused.
+    """
+    event = keys.validate_object(event, "event")
+    unknown = sorted(str(k) for k in event if k not in _FAILURE_FIELDS)
+    if unknown:
+        raise ValidationError(unknown[0], f"is not a field of a record_failure event ({unknown})")
+    if event.get("action") != ACTION_RECORD_FAILURE:
+        raise ValidationError(
+            "action", f"{event.get('action')!r:.80} must be {ACTION_RECORD_FAILURE!r}"
+        )
+    failed_state = event.get("failed_state")
+    if not isinstance(failed_state, str) or not _STATE_NAME_RE.fullmatch(failed_state):
+        raise ValidationError(
+            "failed_state",
+            f"{failed_state!r:.80} must be a state name (1-64 letters, digits, spaces)",
+        )
+    error = keys.validate_object(event.get("error"), "error")
+    name = error.get("Error")
+    if not isinstance(name, str) or not name.strip():
+        raise ValidationError("error.Error", f"{name!r} must be a non-empty string")
+    cause = error.get("Cause")
+    if cause is not None and not isinstance(cause, str):
+        raise ValidationError("error.Cause", f"{type(cause).__name__} must be a string or null")
+    execution = keys.validate_object(event.get("execution"), "execution")
+    execution_id = _required_str(execution, "id", "execution.id")
+    execution_name = _required_str(execution, "name", "execution.name")
+    if len(execution_id) > 2048:
+        raise ValidationError("execution.id", "must be at most 2048 characters")
+    state_input = event.get("state_input")
+    if state_input is None:
+        state_input = {}
+    state_input = keys.validate_object(state_input, "state_input")
+    snapshot_id = (
+        _lenient(lambda: keys.validate_snapshot_id(state_input.get("snapshot_id")))
+        or _lenient(lambda: keys.validate_snapshot_id(execution_name))
+        or keys.run_id(execution_name, execution_id)
+    )
+    progress = _progress(state_input)
+    record = FailureRecord(
+        snapshot_id=snapshot_id,
+        execution_id=execution_id,
+        failed_state=failed_state,
+        error_name=bounded(name, sql.ERROR_NAME_MAX_CHARS),
+        error_message=error_message(cause),
+        run=replace(progress, execution_id=execution_id),
+    )
+    return FailureRequest(record=record, execution_name=execution_name, cause=cause)
+
+
+def record_failure_run(
+    event: Mapping[str, Any],
+    *,
+    config: SnowflakeConfig | Callable[[], SnowflakeConfig],
+    connect: Callable[[SnowflakeConfig], Any] | None = None,
+) -> dict[str, Any]:
+    """Validate a ``record_failure`` event and write the execution's FAILED ETL_RUNS row.
+
+    Creates the schema and tables if missing and adds the columns an older ETL_RUNS lacks
+    (not the views). Idempotent: a retry replaces the execution's FAILED row. Returns
+    ``{"recorded": true, "table", "snapshot_id", "execution_id", "failed_state", "error",
+    "recorded_at"}``. Raises ValidationError (bad event), ConfigError (no credentials) or
+    LoadError (the warehouse failed: nothing recorded).
+    """
+    request = parse_failure_event(event)
+    record = request.record
+    logger.append_keys(snapshot_id=record.snapshot_id)
+    cfg = config() if callable(config) else config
+    secrets = (cfg.password, cfg.private_key, cfg.private_key_passphrase)
+    record = replace(record, error_message=error_message(request.cause, secrets))
+    if connect is None:
+        from functions.load.connection import connect
+    names = Names(cfg.database, cfg.schema)
+    logger.info("connecting to Snowflake", extra={"snowflake": cfg.describe()})
+    conn = connect(cfg)
+    try:
+        ensure_objects(conn, names, views=False)
+        recorded_at = record_failure(conn, record, names=names)
+    finally:
+        with contextlib.suppress(Exception):
+            conn.close()
+    return {
+        "recorded": True,
+        "table": names.q(sql.ETL_RUNS),
+        "snapshot_id": record.snapshot_id,
+        "execution_id": record.execution_id,
+        "failed_state": record.failed_state,
+        "error": record.error_name,
+        "recorded_at": recorded_at,
+    }
+
+
 def handler(event: dict, context: Any) -> dict:
-    """Lambda entry point: configuration comes from the environment at call time."""
+    """Lambda entry point: configuration comes from the environment at call time.
+
+    ``event["action"]`` picks the work: absent or ``"load"`` loads a snapshot (:func:`run`),
+    ``"record_failure"`` records a failed execution (:func:`record_failure_run`); any other
+    value raises ValidationError.
+    """
     logger.setLevel(os.environ.get("POWERTOOLS_LOG_LEVEL") or os.environ.get("LOG_LEVEL") or "INFO")
     logger.remove_keys(["snapshot_id"])
     env = dict(os.environ)
+    action = keys.validate_object(event, "event").get("action")
+    if action == ACTION_RECORD_FAILURE:
+        return record_failure_run(event, config=lambda: SnowflakeConfig.from_env(env))
+    if action not in (None, ACTION_LOAD):
+        raise ValidationError(
+            "action", f"{action!r} must be {ACTION_LOAD!r} (default) or {ACTION_RECORD_FAILURE!r}"
+        )
     return run(
         event,
         storage=storage_from_env(env),

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from snowflake.connector.errors import Error as SnowflakeError
+from snowflake.connector.errors import ProgrammingError as SnowflakeProgrammingError
 
 from functions.common.errors import LoadError, ValidationError
 from functions.common.keys import validate_snapshot_id
@@ -247,10 +248,14 @@ def _stage_and_check(
     copy = sql.copy_into_staging(staging, stage)
     try:
         rows = _execute(cur, copy, timings)
-    except _DB_ERRORS as exc:
+    except SnowflakeProgrammingError as exc:  # the statement ran and refused the file
         raise LoadError(
             f"load step 'copy into staging' failed for snapshot {snapshot_id}: a value or the"
             f" column count of {local_file.name} does not fit CRYPTO_DATA: {_one_line(exc)}"
+        ) from exc
+    except _DB_ERRORS as exc:  # the connection or the reply failed: not the file's fault
+        raise LoadError(
+            f"load step 'copy into staging' failed for snapshot {snapshot_id}: {_one_line(exc)}"
         ) from exc
     loaded = _copy_rows_loaded(cur, rows)
     if loaded != row_count:
@@ -569,7 +574,7 @@ def _run_values(run: RunInfo, **load: Any) -> dict[str, Any]:
     return {
         "snapshot_id": load["snapshot_id"],
         "execution_id": run.execution_id,
-        "status": "SUCCEEDED",
+        "status": sql.STATUS_SUCCEEDED,
         "fetched_at": run.fetched_at,
         "fetch_date": run.fetch_date,
         "load_started_at": load["load_started_at"],
@@ -595,7 +600,7 @@ def _run_values(run: RunInfo, **load: Any) -> dict[str, Any]:
 def _coverage_values(cov: Coverage | None) -> dict[str, Any]:
     """The ETL_RUNS coverage columns (lower-case) of ``cov``; all None (NULL) without one."""
     if cov is None:
-        return dict.fromkeys(c.lower() for c in sql.ADDED_COLUMNS[sql.ETL_RUNS])
+        return dict.fromkeys(c.lower() for c in sql.COVERAGE_COLUMNS)
     return {
         "coins_fetched": cov.coins_fetched,
         "active_cryptocurrencies": cov.active_cryptocurrencies,
@@ -605,3 +610,89 @@ def _coverage_values(cov: Coverage | None) -> dict[str, Any]:
         "market_cap_coverage_pct": cov.market_cap_pct,
         "coverage_warning": cov.warning,
     }
+
+
+@dataclass(frozen=True)
+class FailureRecord:
+    """One failed execution, as its FAILED row in ETL_RUNS records it.
+
+    ``failed_state`` is the state that failed (e.g. ``"Extract"``); ``error_name`` the error's
+    name (e.g. ``"SourceUnavailableError"``, ``"States.Timeout"``) and ``error_message`` its
+    message, both already bounded (``sql.ERROR_NAME_MAX_CHARS``, ``sql.ERROR_MESSAGE_MAX_CHARS``).
+    ``run`` holds the counts so far (what the states that finished reported; None if unknown).
+    """
+
+    snapshot_id: str
+    execution_id: str
+    failed_state: str
+    error_name: str
+    error_message: str | None
+    run: RunInfo = field(default_factory=RunInfo)
+
+
+def record_failure(conn: Any, failure: FailureRecord, *, names: Names) -> str:
+    """Write the execution's FAILED row in ETL_RUNS (replacing one a retry wrote before).
+
+    One transaction: DELETE the execution's FAILED row, INSERT the new one, COMMIT. Touches no
+    other table and no SUCCEEDED row; ROWS_* and LOAD_STARTED_AT are NULL, LOADED_AT is when
+    the failure was recorded. Returns that time (ISO-8601, UTC). Raises LoadError naming the
+    step when the warehouse fails (the transaction is rolled back).
+    """
+    validate_snapshot_id(failure.snapshot_id)
+    recorded_at = datetime.now(UTC).isoformat()
+    run = failure.run
+    quality = json.dumps(dict(run.quality), sort_keys=True, default=str) if run.quality else None
+    values = {
+        "snapshot_id": failure.snapshot_id,
+        "execution_id": failure.execution_id,
+        "status": sql.STATUS_FAILED,
+        "fetched_at": run.fetched_at,
+        "fetch_date": run.fetch_date,
+        "loaded_at": recorded_at,
+        "vs_currency": run.vs_currency,
+        "coin_count": run.coin_count,
+        "rejected_count": run.rejected_count,
+        "duplicate_count": run.duplicate_count,
+        "api_calls": run.api_calls,
+        "retries": run.retries,
+        "pages": run.pages,
+        "processed_key": run.processed_key,
+        "rejected_key": run.rejected_key,
+        "quality": quality,
+        **_coverage_values(run.coverage),
+        "failed_state": failure.failed_state,
+        "error_name": failure.error_name,
+        "error_message": failure.error_message,
+    }
+    timings: dict[str, float] = {}
+    # A failed COMMIT may have committed all the same: a retry replaces the row (idempotent).
+    steps = [
+        sql.delete_failure(names, failure.execution_id),
+        sql.insert_run(names, values),
+        sql.COMMIT,
+    ]
+    with _cursor(conn, "record the failure") as cur:
+        _run(cur, sql.BEGIN, timings, failure.snapshot_id)
+        step = steps[0]
+        try:
+            for step in steps:
+                _execute(cur, step, timings)
+        except _DB_ERRORS as exc:
+            _rollback(cur, failure.snapshot_id)
+            raise LoadError(
+                f"run log step {step.label!r} failed for the failed execution"
+                f" {failure.execution_id}: {_one_line(exc)}"
+            ) from exc
+        except BaseException:
+            _rollback(cur, failure.snapshot_id)
+            raise
+    logger.info(
+        "failure recorded in ETL_RUNS",
+        extra={
+            "snapshot": failure.snapshot_id,
+            "failed_state": failure.failed_state,
+            "error": failure.error_name,
+            "timings": timings,
+        },
+    )
+    return recorded_at

@@ -95,21 +95,32 @@ ETL_RUN_COLUMNS: tuple[tuple[str, str], ...] = (
     ("TOTAL_MARKET_CAP", "FLOAT"),
     ("MARKET_CAP_COVERAGE_PCT", "FLOAT"),
     ("COVERAGE_WARNING", "VARCHAR"),
+    # A FAILED row (one per failed execution, written through the state machine's Catch path):
+    # the state that failed, its error name and message (bounded: ERROR_MESSAGE_MAX_CHARS).
+    # Added after the coverage columns, so ``ensure_objects`` adds them too; NULL on SUCCEEDED.
+    ("FAILED_STATE", "VARCHAR(64)"),
+    ("ERROR_NAME", "VARCHAR(256)"),
+    ("ERROR_MESSAGE", "VARCHAR(2000)"),
 )
+STATUS_SUCCEEDED = "SUCCEEDED"  # a committed load (one row per load of a snapshot)
+STATUS_FAILED = "FAILED"  # a failed execution, recorded by the load's "record_failure" action
+ERROR_NAME_MAX_CHARS = 256
+ERROR_MESSAGE_MAX_CHARS = 2000
+# The coverage columns of ETL_RUNS (the Transform output's ``coverage``).
+COVERAGE_COLUMNS: tuple[str, ...] = (
+    "COINS_FETCHED",
+    "ACTIVE_CRYPTOCURRENCIES",
+    "COIN_COVERAGE_PCT",
+    "MARKET_CAP_FETCHED",
+    "TOTAL_MARKET_CAP",
+    "MARKET_CAP_COVERAGE_PCT",
+    "COVERAGE_WARNING",
+)
+FAILURE_COLUMNS: tuple[str, ...] = ("FAILED_STATE", "ERROR_NAME", "ERROR_MESSAGE")
 # Columns a table may lack because an older version created it, and that the load adds itself
 # (ALTER TABLE ... ADD COLUMN IF NOT EXISTS): nullable, so existing rows read NULL. A missing
 # column outside this list is an error for an operator.
-ADDED_COLUMNS: dict[str, tuple[str, ...]] = {
-    ETL_RUNS: (
-        "COINS_FETCHED",
-        "ACTIVE_CRYPTOCURRENCIES",
-        "COIN_COVERAGE_PCT",
-        "MARKET_CAP_FETCHED",
-        "TOTAL_MARKET_CAP",
-        "MARKET_CAP_COVERAGE_PCT",
-        "COVERAGE_WARNING",
-    ),
-}
+ADDED_COLUMNS: dict[str, tuple[str, ...]] = {ETL_RUNS: (*COVERAGE_COLUMNS, *FAILURE_COLUMNS)}
 # Timestamps/dates are bound as ISO text and cast (CAST also passes NULL through on fakesnow,
 # where TO_TIMESTAMP_TZ(NULL) fails).
 _RUN_CASTS = {
@@ -238,7 +249,8 @@ def create_etl_runs(n: Names) -> Statement:
     return Statement(
         f"create {ETL_RUNS}",
         f"CREATE TABLE IF NOT EXISTS {n.q(ETL_RUNS)} (\n    {cols}\n)"
-        " COMMENT = 'One row per successful load of a snapshot (per execution)'",
+        " COMMENT = 'One row per successful load of a snapshot (per execution), and one per"
+        " failed execution (STATUS FAILED)'",
     )
 
 
@@ -772,17 +784,30 @@ def insert_snapshot(n: Names, staging: str, loaded_at: str) -> Statement:
 
 
 def delete_run(n: Names, snapshot_id: str, execution_id: str) -> Statement:
-    """A retried Load task of the same execution replaces its own run-log row."""
+    """A retried Load task of the same execution replaces its own run-log row (a SUCCEEDED
+    one: a load never touches the FAILED rows)."""
     return Statement(
         "delete run log row",
         f"DELETE FROM {n.q(ETL_RUNS)}"
-        " WHERE SNAPSHOT_ID = %(snapshot_id)s AND EXECUTION_ID = %(execution_id)s",
-        {"snapshot_id": snapshot_id, "execution_id": execution_id},
+        " WHERE SNAPSHOT_ID = %(snapshot_id)s AND EXECUTION_ID = %(execution_id)s"
+        " AND STATUS = %(status)s",
+        {"snapshot_id": snapshot_id, "execution_id": execution_id, "status": STATUS_SUCCEEDED},
+    )
+
+
+def delete_failure(n: Names, execution_id: str) -> Statement:
+    """A retried "Record failure" task replaces the execution's FAILED row (one per execution)."""
+    return Statement(
+        "delete failure row",
+        f"DELETE FROM {n.q(ETL_RUNS)}"
+        " WHERE EXECUTION_ID = %(execution_id)s AND STATUS = %(status)s",
+        {"execution_id": execution_id, "status": STATUS_FAILED},
     )
 
 
 def insert_run(n: Names, values: Mapping[str, Any]) -> Statement:
-    """One ETL_RUNS row; ``values`` maps lower-case column names to Python values."""
+    """One ETL_RUNS row; ``values`` maps lower-case column names to Python values (a column
+    left out is NULL)."""
     names = [c for c, _ in ETL_RUN_COLUMNS]
     unknown = set(values) - {c.lower() for c in names}
     if unknown:

@@ -13,7 +13,18 @@ prefix.
 
 Environment: ``LAKE_BUCKET`` / ``LAKE_LOCAL_DIR`` (the lake), ``COVERAGE_MIN_PCT`` (a percentage,
 0 to 100, default 90: below it the coverage against ``/global`` is a logged warning, not a
-failure; any other value raises ConfigError), ``POWERTOOLS_LOG_LEVEL`` / ``LOG_LEVEL``.
+failure; any other value raises ConfigError), ``QUALITY_GATE`` (``on``, the default, or ``off``)
+and ``QUALITY_MIN_ROW_FRACTION`` (0 to 1, default 0.5; 0 turns the row-count check off; any
+other value of either raises ConfigError naming it), ``POWERTOOLS_LOG_LEVEL`` / ``LOG_LEVEL``.
+
+Quality gate (``gate.py``): before the processed file is written, the processed rows must have
+unique coin ids, no negative quantity, no per-coin share above 100 %, the required columns
+non-null, and at least ``QUALITY_MIN_ROW_FRACTION`` x the rows of the previous snapshot in the
+same currency and ``max_coins`` (found in the lake: ``previous.py``; none found: the check
+passes and says why). A failure raises DataQualityError naming every failed check (rows,
+threshold, sample coin ids), after the rejected file is written and before the processed file
+is: Load is never reached, the state machine's Catch publishes the alert. The gate's checks
+join ``quality.checks`` (``"gate": true``) and ``quality.gate`` says how it ran.
 
 Memory: pages are read, checked and parsed one at a time while the transform builds its table
 (the page dicts of one chunk of rows are alive at a time), and the processed file is encoded and
@@ -40,6 +51,8 @@ from functions.common.log import get_logger
 from functions.common.storage import Storage, get_json, storage_from_env
 from functions.transform.coverage import coins_fetched, coverage, min_pct_from_env
 from functions.transform.csv_gz import rejected_to_csv_gz, to_csv_gz, verify_csv_gz
+from functions.transform.gate import GateConfig, gate_config_from_env, gate_message, run_gate
+from functions.transform.previous import PreviousLookup, find_previous
 from functions.transform.transform import MAX_COINS_ALL, empty_message, transform
 
 logger = get_logger("transform")
@@ -249,16 +262,76 @@ def describe_failed_checks(failed: list[Mapping[str, Any]]) -> str:
     return "; ".join(parts)
 
 
-def run(
-    event: Mapping[str, Any], *, storage: Storage, min_pct: float | None = None
-) -> dict[str, Any]:
-    """Validate, read the raw files, transform, write processed/rejected; return the contract.
+def apply_gate(
+    request: TransformRequest,
+    processed: Any,
+    quality: dict[str, Any],
+    *,
+    storage: Storage,
+    config: GateConfig,
+) -> None:
+    """Run the quality gate on ``processed``; add its checks to ``quality`` (in place).
 
-    ``min_pct`` is the coverage threshold (%); None reads ``COVERAGE_MIN_PCT`` (ConfigError when
-    it is not a percentage).
+    Raises DataQualityError naming every failed check; reads the lake (``previous.py``) only
+    when the row-count check is on.
+    """
+    if not config.enabled:
+        quality["gate"] = {"enabled": False}
+        return
+    lookup = PreviousLookup(note="row-count check disabled")
+    if config.min_row_fraction > 0:
+        lookup = find_previous(
+            storage,
+            run_id=request.run_id,
+            fetched_at=datetime.fromisoformat(request.fetched_at),
+            vs_currency=request.vs_currency,
+            max_coins=MAX_COINS_ALL if request.whole_market else request.max_coins,
+        )
+    gate = run_gate(
+        processed,
+        dominance_basis=str(quality.get("dominance_basis")),
+        min_row_fraction=config.min_row_fraction,
+        previous=lookup.previous,
+        previous_note=lookup.note,
+    )
+    quality["checks"] = [*quality["checks"], *gate.checks]
+    quality["failed_checks"] = [c["name"] for c in quality["checks"] if not c["passed"]]
+    quality["passed"] = not quality["failed_checks"]
+    quality["gate"] = {
+        "enabled": True,
+        "passed": gate.passed,
+        "failed_checks": [c["name"] for c in gate.failed],
+        "min_row_fraction": config.min_row_fraction,
+        **lookup.as_dict(),
+    }
+    if not gate.passed:
+        message = gate_message(request.snapshot_id, gate)
+        logger.error(
+            message,
+            extra={"failed_checks": gate.failed, "gate": quality["gate"], **lookup.stats()},
+        )
+        raise DataQualityError(message)
+    logger.info("quality gate passed", extra={"gate": quality["gate"], **lookup.stats()})
+
+
+def run(
+    event: Mapping[str, Any],
+    *,
+    storage: Storage,
+    min_pct: float | None = None,
+    gate: GateConfig | None = None,
+) -> dict[str, Any]:
+    """Validate, read the raw files, transform, gate, write processed/rejected; return the
+    contract.
+
+    ``min_pct`` is the coverage threshold (%); None reads ``COVERAGE_MIN_PCT``. ``gate`` is the
+    quality gate's configuration; None reads ``QUALITY_GATE`` / ``QUALITY_MIN_ROW_FRACTION``.
+    Either raises ConfigError naming a malformed variable, before anything is read.
     """
     if min_pct is None:
         min_pct = min_pct_from_env(os.environ)
+    if gate is None:
+        gate = gate_config_from_env(os.environ)
     request = parse_event(event, bucket=storage.bucket)
     logger.append_keys(snapshot_id=request.snapshot_id)
     timings: dict[str, float] = {}
@@ -298,6 +371,10 @@ def run(
     if not result.row_count:
         logger.error("no valid rows", extra={"quality": quality, "rejected_key": rejected_key})
         raise DataQualityError(empty_message(request.snapshot_id, quality))
+    # Before the processed file exists: a failing gate leaves nothing for Load to take.
+    gate_started = time.perf_counter()
+    apply_gate(request, result.processed, quality, storage=storage, config=gate)
+    timings["gate_s"] = time.perf_counter() - gate_started
     processed_key = keys.processed_key(request.snapshot_id, request.partition_date, request.run_id)
     data = to_csv_gz(result.processed)
     # Parse the file back before it is staged: a writer bug fails here naming the row, not in
@@ -305,7 +382,7 @@ def run(
     verify_csv_gz(data, result.row_count)
     storage.put_bytes(processed_key, data, GZIP_CONTENT_TYPE)
     del data
-    timings["write_s"] = time.perf_counter() - started
+    timings["write_s"] = time.perf_counter() - started - timings["gate_s"]
 
     covered = coverage(
         coins=coins_fetched(
@@ -352,4 +429,5 @@ def handler(event: dict, context: Any) -> dict:
     logger.setLevel(os.environ.get("POWERTOOLS_LOG_LEVEL") or os.environ.get("LOG_LEVEL") or "INFO")
     logger.remove_keys(["snapshot_id"])
     min_pct = min_pct_from_env(os.environ)
-    return run(event, storage=storage_from_env(dict(os.environ)), min_pct=min_pct)
+    gate = gate_config_from_env(os.environ)
+    return run(event, storage=storage_from_env(dict(os.environ)), min_pct=min_pct, gate=gate)

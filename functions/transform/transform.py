@@ -40,7 +40,8 @@ Rejects (the row goes to ``rejected/`` with ``reject_reason`` listing every code
                                       ``market_cap_rank``;
     ``invalid_timestamp:<column>``    a timestamp field that is not an ISO-8601 string, or whose
                                       instant in UTC falls outside years 0001-9999 (or a ``NaN``);
-    ``negative:<column>``             ``current_price``, ``market_cap`` or ``total_volume`` < 0;
+    ``negative:<column>``             a price, market cap, rank, FDV, volume, 24h high/low,
+                                      supply, ATH or ATL < 0 (``NEGATIVE_CHECKED``);
     ``implausible_outlier:<column>``  ``market_cap`` or ``total_volume`` above
                                       ``OUTLIER_FACTOR`` (1e6) x the sum of every other kept
                                       coin's (with at least two others): on any basis, so a spam
@@ -67,7 +68,8 @@ Dominance
     the rows kept. ``dominance_basis_reason`` also says ``"/global unavailable: <global_error>"``
     when the caller says why there is no body.
 
-Quality checks (reported in ``quality.checks``; only "no valid rows" raises DataQualityError)
+Quality checks (reported in ``quality.checks``; only "no valid rows" raises DataQualityError
+here; the handler then adds the quality gate's ``gate_*`` checks, which fail the run: gate.py)
     rows accounted for, coin ids unique, ranks positive, dominance sum <= 100 (+1e-6), volume sum
     <= 200 (each trade is counted once for each of its two coins, so per-coin volumes add up to
     more than /global's total: the two recorded captures with a same-day /global give 125% and
@@ -144,7 +146,22 @@ _DERIVED = frozenset(
         "dominance_basis",
     }
 )
-NEGATIVE_CHECKED = ("current_price", "market_cap", "total_volume")
+# Quantities that cannot be negative: a row holding one below 0 is rejected (counted), so the
+# quality gate's gate_non_negative check (gate.py) only ever catches a bug in these rules.
+NEGATIVE_CHECKED = (
+    "current_price",
+    "market_cap",
+    "market_cap_rank",
+    "fully_diluted_valuation",
+    "total_volume",
+    "high_24h",
+    "low_24h",
+    "circulating_supply",
+    "total_supply",
+    "max_supply",
+    "ath",
+    "atl",
+)
 NULL_COUNTED = (
     "symbol",
     "name",

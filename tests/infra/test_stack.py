@@ -25,7 +25,8 @@ def test_resource_inventory(default_synth: Synth) -> None:
     t.resource_count_is("AWS::SecretsManager::Secret", 2)
     t.resource_count_is("AWS::StepFunctions::StateMachine", 1)
     t.resource_count_is("AWS::SNS::Topic", 1)
-    t.resource_count_is("AWS::CloudWatch::Alarm", 5)
+    t.resource_count_is("AWS::CloudWatch::Alarm", 7)  # 3 page, 4 console-only (alerting.py)
+    t.resource_count_is("AWS::Logs::MetricFilter", 1)  # FailedWithoutAlert
     t.resource_count_is("AWS::Scheduler::Schedule", 0)  # off by default
     t.resource_count_is("AWS::SNS::Subscription", 0)  # no e-mail by default
     # The figures the issue asks for (shown with -s).
@@ -262,9 +263,10 @@ def _expected(synth: Synth, name: str) -> set[Statement]:
         },
         "transform": {
             logs,
-            Statement("Allow", ("s3:GetObject",), objects("raw/"), ""),
+            # snapshots/: the quality gate finds the previous snapshot's row count.
+            Statement("Allow", ("s3:GetObject",), objects("raw/", "snapshots/"), ""),
             Statement("Allow", ("s3:PutObject",), objects("processed/", "rejected/"), ""),
-            listing("raw/", "processed/", "rejected/"),
+            listing("raw/", "processed/", "rejected/", "snapshots/"),
         },
         "load": {
             logs,
@@ -294,11 +296,12 @@ def test_negative_permissions(default_synth: Synth) -> None:
     assert is_allowed(st["extract"], "s3:PutObject", f"{bucket}/raw/{key}")
     assert is_allowed(st["transform"], "s3:GetObject", f"{bucket}/raw/{key}")
     assert is_allowed(st["load"], "s3:GetObject", f"{bucket}/processed/{key}")
-    # The snapshot index: extract and load read and write it, transform never touches it.
+    # The snapshot index: extract and load read and write it; transform only reads it (the
+    # quality gate's previous snapshot).
     for name in ("extract", "load"):
         assert is_allowed(st[name], "s3:GetObject", index), name
         assert is_allowed(st[name], "s3:PutObject", index), name
-    assert not is_allowed(st["transform"], "s3:GetObject", index)
+    assert is_allowed(st["transform"], "s3:GetObject", index)
     assert not is_allowed(st["transform"], "s3:PutObject", index)
 
     # extract reads raw/ (its own progress.json, between invocations of the deadline loop) and
@@ -469,23 +472,116 @@ def test_topic_is_encrypted_with_a_rotated_key_and_tls_only(default_synth: Synth
     )
 
 
-def test_alarms_publish_to_the_topic(default_synth: Synth) -> None:
-    topic_ref = {"Ref": default_synth.logical_id(default_synth.stack.alerting.topic)}
-    alarms = default_synth.resources("AWS::CloudWatch::Alarm").values()
-    by_metric: dict[tuple[str, str], dict] = {}
-    for alarm in alarms:
+def _alarms_by_metric(synth: Synth) -> dict[tuple[str, str], dict]:
+    """(metric name, what it watches) -> the alarm's properties."""
+    out: dict[tuple[str, str], dict] = {}
+    for alarm in synth.resources("AWS::CloudWatch::Alarm").values():
         props = alarm["Properties"]
-        assert props["AlarmActions"] == [topic_ref]
         assert props["Threshold"] == 1
         assert props["ComparisonOperator"] == "GreaterThanOrEqualToThreshold"
-        dimension = props["Dimensions"][0]["Value"]["Ref"]
-        by_metric[(props["MetricName"], dimension)] = props
+        assert props["TreatMissingData"] == "notBreaching"
+        dims = props.get("Dimensions") or []
+        watched = dims[0]["Value"]["Ref"] if dims else props["Namespace"]
+        out[(props["MetricName"], watched)] = props
+    return out
+
+
+def test_exactly_the_alarms_for_failures_the_catch_path_cannot_report_page(
+    default_synth: Synth,
+) -> None:
+    """Which alarms have the topic as their action: timed-out and aborted executions (no Catch
+    runs) and FailedWithoutAlert (the failure message was not sent); every other alarm has no
+    action at all (console only)."""
+    topic_ref = {"Ref": default_synth.logical_id(default_synth.stack.alerting.topic)}
     sm_id = default_synth.logical_id(default_synth.stack.pipeline.state_machine)
-    expected = {("ExecutionsFailed", sm_id), ("ExecutionsTimedOut", sm_id)} | {
+    namespace = f"crypto-etl/{default_synth.stack.stack_name}"
+    alarms = _alarms_by_metric(default_synth)
+    paging = {key for key, props in alarms.items() if props.get("AlarmActions")}
+    silent = set(alarms) - paging
+    assert paging == {
+        ("ExecutionsTimedOut", sm_id),
+        ("ExecutionsAborted", sm_id),
+        ("FailedWithoutAlert", namespace),
+    }
+    for key in paging:
+        assert alarms[key]["AlarmActions"] == [topic_ref], key
+    assert silent == {("ExecutionsFailed", sm_id)} | {
         ("Errors", default_synth.logical_id(fn))
         for fn in default_synth.stack.functions.functions.values()
     }
-    assert set(by_metric) == expected
+    for key in silent:
+        props = alarms[key]
+        assert not props.get("OKActions") and not props.get("InsufficientDataActions"), key
+    assert default_synth.stack.alerting.paging == {
+        "ExecutionsTimedOut",
+        "ExecutionsAborted",
+        "FailedWithoutAlert",
+    }
+
+
+def test_failed_without_alert_counts_only_failures_the_catch_path_did_not_publish(
+    default_synth: Synth,
+) -> None:
+    """The metric filter reads the state machine's own execution log (level ALL or ERROR logs
+    TaskFailed/ExecutionFailed events) and counts a failed or timed-out SNS task (only "Notify
+    failure" publishes to SNS) and an execution failure no Catch can catch."""
+    (mf,) = default_synth.resources("AWS::Logs::MetricFilter").values()
+    props = mf["Properties"]
+    log_group_id = default_synth.logical_id(default_synth.stack.pipeline.log_group)
+    assert props["LogGroupName"] == {"Ref": log_group_id}
+    assert props["MetricTransformations"] == [
+        {
+            "MetricName": "FailedWithoutAlert",
+            "MetricNamespace": f"crypto-etl/{default_synth.stack.stack_name}",
+            "MetricValue": "1",
+        }
+    ]
+    pattern = props["FilterPattern"]
+    for needle in (
+        '$.type = "TaskFailed"',
+        '$.type = "TaskTimedOut"',
+        '$.details.resourceType = "sns"',
+        '$.type = "ExecutionFailed"',
+        '$.details.error = "States.Runtime"',
+        '$.details.error = "States.DataLimitExceeded"',
+    ):
+        assert needle in pattern
+    # A Lambda task's failure (caught, then published) is not counted: no lambda, no
+    # ExecutionFailed without one of the two uncatchable error names.
+    assert "lambda" not in pattern
+    assert _state_machine(default_synth)["LoggingConfiguration"]["Level"] in ("ALL", "ERROR")
+
+
+def test_one_failure_sends_one_notification(default_synth: Synth) -> None:
+    """A task that fails (after its retries) is caught by ``States.ALL`` and routed, through
+    its ``<State> failed`` Pass state, to the one SNS publish (``Notify failure``), then to
+    ``Failed``: that publish is one message. The same failure also raises the function's
+    Errors metric and ExecutionsFailed, but those alarms have no action; the paging alarms
+    watch metrics this path does not move (TimedOut, Aborted: the execution failed, it was
+    not timed out or stopped; FailedWithoutAlert: the publish succeeded and the error was a
+    caught one). So the topic receives exactly one message per caught failure, and one (from
+    an alarm) per failure the Catch path could not report."""
+    states = json.loads(_state_machine(default_synth)["DefinitionString"])["States"]
+    publishers = [n for n, s in states.items() if "sns:publish" in s.get("Resource", "")]
+    assert publishers == ["Notify failure"]
+    assert "Retry" not in states["Notify failure"]  # a failed publish is a message not sent
+    for name, state in states.items():
+        for catch in state.get("Catch", []):
+            if name == "Notify failure":
+                assert catch["Next"] == "Failed"
+                continue
+            # every other catcher reaches the single publish (through steps that publish
+            # nothing themselves, e.g. Pass states naming the failed state)
+            nxt, seen = catch["Next"], set()
+            while nxt != "Notify failure":
+                assert nxt not in seen and "Next" in states[nxt], (name, nxt)
+                seen.add(nxt)
+                nxt = states[nxt]["Next"]
+    alarms = _alarms_by_metric(default_synth)
+    moved_by_a_caught_failure = {"ExecutionsFailed", "Errors"}
+    for (metric, _), props in alarms.items():
+        if metric in moved_by_a_caught_failure:
+            assert not props.get("AlarmActions"), metric
 
 
 def test_email_subscription_only_when_configured(options_synth: Synth) -> None:

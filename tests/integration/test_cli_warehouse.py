@@ -346,6 +346,69 @@ def test_runs_lists_executions_newest_first(capsys, two_currencies):
     assert " cw-eur " in lines[2] and "SUCCEEDED" in lines[2]
 
 
+def test_runs_lists_a_failed_execution_with_its_state_and_error(capsys, tmp_path):
+    """A FAILED row (written by the load's record_failure action, as the state machine's
+    Catch path does) is listed with the failed state, the error and its message."""
+    from functions.load.handler import record_failure_run
+
+    name = "cw-failed"
+    message = "page 2 of /coins/markets kept failing: HTTP 500 " + "x" * 300
+    event = {
+        "action": "record_failure",
+        "failed_state": "Extract",
+        "error": {
+            "Error": "SourceUnavailableError",
+            "Cause": json.dumps({"errorType": "SourceUnavailableError", "errorMessage": message}),
+        },
+        "execution": {"name": name, "id": f"arn:aws:states:::execution:m:{name}"},
+        "state_input": {"snapshot_id": "cw-f", "pages": 1, "coin_count": 250},
+    }
+    with LocalWarehouse(tmp_path / "warehouse") as wh:
+        record_failure_run(event, config=wh.config())
+    local = ["--local-dir", str(tmp_path)]
+    code, out, err = _cli(capsys, *local, "runs", "--json")
+    assert code == 0, err
+    [run] = _strict_json(out)
+    assert (run["STATUS"], run["SNAPSHOT_ID"], run["EXECUTION"]) == ("FAILED", "cw-f", name)
+    assert (run["COINS"], run["ROWS"], run["INSERTED"]) == (250, None, None)
+    assert run["NOTE"] == f"failed at Extract: SourceUnavailableError: {message}"
+    code, out, _ = _cli(capsys, *local, "runs")
+    assert code == 0
+    [line] = [x for x in out.splitlines() if " cw-f " in x]
+    assert "FAILED" in line and "failed at Extract: SourceUnavailableError: page 2" in line
+    assert "x" * 300 not in line  # the message is cut in the table
+
+
+def test_runs_reads_an_etl_runs_from_an_older_version(capsys, tmp_path):
+    """An ETL_RUNS from the first release (no coverage, no failure columns): `runs` asks for
+    fewer columns (each fallback in turn) and lists it the same."""
+    from functions.load import sql
+
+    skip = set(sql.FAILURE_COLUMNS) | set(sql.COVERAGE_COLUMNS)
+    cols = ", ".join(f"{c} {t}" for c, t in sql.ETL_RUN_COLUMNS if c not in skip)
+    with LocalWarehouse(tmp_path / "warehouse") as wh:
+        conn = wh.connect()
+        try:
+            with conn.cursor() as cur:
+                cur.execute(f"CREATE TABLE ETL_RUNS ({cols})")
+                cur.execute(
+                    "INSERT INTO ETL_RUNS (SNAPSHOT_ID, EXECUTION_ID, STATUS, LOADED_AT) VALUES"
+                    " ('old', 'arn:x:e-old', 'SUCCEEDED',"
+                    " CAST('2026-11-27T06:00:00+00:00' AS TIMESTAMP_TZ))"
+                )
+        finally:
+            conn.close()
+    code, out, err = _cli(capsys, "--local-dir", str(tmp_path), "runs", "--json")
+    assert code == 0, err
+    [run] = _strict_json(out)
+    assert (run["STATUS"], run["SNAPSHOT_ID"], run["EXECUTION"], run["NOTE"]) == (
+        "SUCCEEDED",
+        "old",
+        "e-old",
+        "",
+    )
+
+
 def test_runs_on_an_empty_warehouse(capsys, tmp_path):
     code, out, _ = _cli(capsys, "--local-dir", str(tmp_path), "runs")
     assert code == 1 and "No load recorded in ETL_RUNS yet" in out

@@ -378,3 +378,37 @@ def test_pages_are_a_progress_bar_on_a_terminal_and_lines_when_piped():
     text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", terminal.getvalue())  # no colours, cursor moves
     assert "pages" in text and "3/81" in text and "750 coins 4 calls 1 wait 2s" in text
     assert "a line while the bar is up" in text
+
+
+def test_a_failed_run_says_whether_etl_runs_recorded_it():
+    failed = report({}, run_log={"recorded": True, "table": "ETL_RUNS"})
+    failed.status, failed.failed_state, failed.error = "FAILED", "Extract", "SourceError"
+    out = io.StringIO()
+    print_summary(failed, out)
+    assert "run log       a FAILED row in ETL_RUNS" in out.getvalue()
+    failed.run_log = {"recorded": False, "error": {"Error": "LoadError"}}
+    out = io.StringIO()
+    print_summary(failed, out)
+    assert "run log       ! not recorded in ETL_RUNS" in out.getvalue()
+
+
+def test_the_record_failure_steps_show_in_the_progress():
+    from local_mode.run_command import _Progress
+    from state_machine.local_runner import StateEvent
+
+    out = io.StringIO()
+    progress = _Progress(out)
+    progress.on_event(StateEvent("entered", "Record failure"))
+    cause = '{"errorMessage": "warehouse down", "errorType": "LoadError"}'
+    detail = {"run_log": {"recorded": False, "error": {"Error": "LoadError", "Cause": cause}}}
+    progress.on_event(StateEvent("exited", "Failure not recorded", detail))
+    assert out.getvalue().splitlines() == [
+        "  → recording the failure in ETL_RUNS",
+        "  ! not recorded in ETL_RUNS: LoadError: warehouse down",
+    ]
+
+
+def test_duplicates_warn_that_as_many_coins_may_be_missing():
+    out = io.StringIO()
+    print_summary(report({**LOAD_OUTPUT, "duplicate_count": 2}), out)
+    assert "2 coins on two pages (ranks shifted while paging)" in out.getvalue()

@@ -435,3 +435,89 @@ def test_out_never_replaces_anything_but_an_html_file(tmp_path: Path, capsys, na
     assert "--out" in capsys.readouterr().err
     assert name == "dir.html" or target.read_text() == "keep me"
     assert not (tmp_path / "warehouse").exists()
+
+
+# --- last success / last failure (ETL_RUNS) -------------------------------------------------------
+
+
+def test_the_page_shows_the_last_success_and_the_last_failure_escaped():
+    ok = d.RunStatus("SUCCEEDED", T0, "s-ok", "run-1")
+    bad = d.RunStatus(
+        "FAILED", T0 + timedelta(hours=1), "s-bad", "run-2", "Extract",
+        "SourceUnavailableError", "page 2: <b>HTTP 500</b> " + "x" * 400,
+    )  # fmt: skip
+    data = d.DashboardData(
+        snapshots=[snap(loaded_cap=5.0)],
+        coins=positioned([coin("x", 5.0)]),
+        source="test",
+        generated_at=T0 + timedelta(hours=2),
+        last_success=ok,
+        last_failure=bad,
+    )
+    payload = d.build_payload(data)
+    runs = payload["runs"]
+    assert runs["success"] == "2026-11-27 06:00 UTC · snapshot s-ok"
+    assert runs["failure"].startswith(
+        "2026-11-27 07:00 UTC · snapshot s-bad · failed at Extract: SourceUnavailableError:"
+        " page 2: <b>HTTP 500</b> xxx"
+    )
+    assert runs["failure"].endswith("…") and "x" * 300 not in runs["failure"]
+    assert runs["failing"] == "yes"  # the failure is newer than the success
+    page = d.render_html(payload, plotly_js="/* stub */")
+    assert 'class="meta failing" id="run-status"' in page
+    assert (
+        "&lt;b&gt;HTTP 500&lt;/b&gt;" in page and "<b>HTTP 500</b>" not in page.split("<script")[0]
+    )
+    # A success after the failure: not failing any more; none at all: said so.
+    later = d.RunStatus("SUCCEEDED", T0 + timedelta(hours=3), "s-ok2")
+    assert d.run_status_text(later, bad)["failing"] == "no"
+    assert d.run_status_text(None, None) == {
+        "success": "none recorded in ETL_RUNS",
+        "failure": "none recorded in ETL_RUNS",
+        "failing": "no",
+    }
+
+
+def test_run_status_is_read_from_etl_runs_old_or_new(tmp_path: Path):
+    """Real fakesnow: the latest row of each status (failures recorded by the load's
+    record_failure action), and an ETL_RUNS from before failures were recorded."""
+    from functions.load import sql
+    from functions.load.handler import record_failure_run
+
+    def failure(name: str, state: str) -> dict:
+        return {
+            "action": "record_failure",
+            "failed_state": state,
+            "error": {"Error": "LoadError", "Cause": f"{state} said no"},
+            "execution": {"name": name, "id": f"arn:aws:states:::execution:m:{name}"},
+            "state_input": {"snapshot_id": f"s-{name}"},
+        }
+
+    with LocalWarehouse(tmp_path / "warehouse") as wh:
+        conn = wh.connect()
+        try:
+            with conn.cursor() as cur:
+                assert d.fetch_run_status(cur) == (None, None)  # no ETL_RUNS yet
+                # ETL_RUNS as its first release created it (no coverage, no failure columns).
+                added = sql.ADDED_COLUMNS[sql.ETL_RUNS]
+                cols = ", ".join(f"{c} {t}" for c, t in sql.ETL_RUN_COLUMNS if c not in added)
+                cur.execute(f"CREATE TABLE ETL_RUNS ({cols})")
+                cur.execute(
+                    "INSERT INTO ETL_RUNS (SNAPSHOT_ID, EXECUTION_ID, STATUS, LOADED_AT) VALUES"
+                    " ('s-old', 'arn:x:e-old', 'SUCCEEDED',"
+                    " CAST('2026-11-27T06:00:00+00:00' AS TIMESTAMP_TZ))"
+                )
+                success, failed = d.fetch_run_status(cur)
+                assert (success.snapshot_id, success.execution, failed) == ("s-old", "e-old", None)
+                assert success.at == T0
+            # The load adds the failure columns to the older table, then records.
+            record_failure_run(failure("e1", "Transform"), config=wh.config())
+            record_failure_run(failure("e2", "Load"), config=wh.config())
+            with conn.cursor() as cur:
+                success, failed = d.fetch_run_status(cur)
+        finally:
+            conn.close()
+    assert success.snapshot_id == "s-old"
+    assert (failed.snapshot_id, failed.execution, failed.failed_state) == ("s-e2", "e2", "Load")
+    assert (failed.error, failed.message) == ("LoadError", "Load said no")
+    assert failed.at > success.at

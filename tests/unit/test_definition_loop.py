@@ -68,7 +68,11 @@ def test_an_extract_result_without_done_fails_with_an_alert():
         result = sfn.execute({}, name="loop-2")
     assert result.status == "FAILED"
     assert result.error == "ExtractContractError"
-    assert [name for name, _ in seen] == ["extract"]
+    # Neither Transform nor Load ran; the load function was invoked only to record the failure
+    # with the counts the invalid result held.
+    assert [name for name, _ in seen] == ["extract", "load"]
+    assert seen[1][1]["action"] == "record_failure"
+    assert seen[1][1]["state_input"] == {"pages": 3, "coin_count": 300}
     [alert] = result.alerts
     assert alert["failed_state"] == "Extract"
     assert alert["error"] == "ExtractContractError"

@@ -9,6 +9,7 @@ import http.client
 import json
 import random
 import ssl
+import time
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from pathlib import Path
@@ -266,15 +267,35 @@ def test_server_rate_limit_is_honoured(sleeps):
     assert (client.api_calls, client.retries) == (4, 1)
 
 
-def test_non_json_200_is_a_source_error_with_a_snippet(server, sleeps):
-    server.script(MARKETS, Scripted(status=200, body="<html><body>Cloudflare</body></html>"))
+def test_a_non_json_200_is_retried_and_named_with_a_snippet_when_it_persists(server, sleeps):
+    # A proxy's HTML page or a body cut off mid-way is transient, like a 5xx.
+    html = Scripted(status=200, body="<html><body>Cloudflare</body></html>")
+    server.script(MARKETS, html)
     client = make_client(server, sleeps)
-    with pytest.raises(SourceError) as info:
+    assert len(client.markets_page("usd", 1, 250).data) == 250  # the retry got the page
+    assert (client.api_calls, client.retries) == (2, 1)
+
+    server.script(MARKETS, *[html] * 5)
+    client = make_client(server, sleeps)
+    with pytest.raises(SourceUnavailableError) as info:
         client.markets_page("usd", 1, 250)
     assert "not JSON" in str(info.value)
     assert "<html><body>Cloudflare" in str(info.value)
     assert f"{server.base_url}{MARKETS}" in str(info.value)
-    assert client.retries == 0
+    assert client.retries == 4
+
+
+def test_a_body_trickling_past_the_timeout_is_cut_and_retried(server, sleeps):
+    # One byte every 20 ms: each read is quick, so only a bound on the whole response stops it.
+    server.inject("markets:page=1:trickle:every=0.02")
+    client = make_client(server, sleeps, timeout=0.5)
+    started = time.monotonic()
+    page = client.markets_page("usd", 1, 250)
+    assert time.monotonic() - started < 5  # the whole body would take minutes at that pace
+    assert len(page.data) == 250
+    assert client.retries == 1
+    [first, _] = server.requests_to(MARKETS)
+    assert first.fault
 
 
 def test_error_object_with_200_where_a_list_was_expected(server, sleeps):

@@ -211,3 +211,26 @@ def test_progress_survives_in_the_lake_between_invocations(server, tmp_path: Pat
     assert progress["paging"]["next_page"] == out["next_page"] == 3
     assert progress["paging"]["coins_kept"] == out["coin_count"] == 500
     assert not lake.exists(out["raw_prefix"] + "manifest.json")
+
+
+def test_a_rate_limit_window_longer_than_an_invocation_is_refused_at_start(
+    server, tmp_path, monkeypatch
+):
+    # 10 s windows in a 5 s Lambda: an invocation starting with the window spent could never
+    # send a request, and the loop would not advance.
+    from functions.common.context import LocalLambdaContext
+    from functions.common.errors import ConfigError
+
+    monkeypatch.setenv("LAKE_LOCAL_DIR", str(tmp_path / "lake"))
+    monkeypatch.setenv("COINGECKO_BASE_URL", server.base_url)
+    monkeypatch.setenv("COINGECKO_TIMEOUT_SECONDS", "1")
+    monkeypatch.setenv("EXTRACT_DEADLINE_MARGIN_SECONDS", "1")
+    monkeypatch.setenv("COINGECKO_RATE_LIMIT", "3/10")
+    context = LocalLambdaContext(function_name="extract", timeout_seconds=5)
+    with pytest.raises(ConfigError) as info:
+        extract.handler(event(max_coins="all"), context)
+    assert info.value.name == "COINGECKO_RATE_LIMIT"
+    assert "10s window is longer than" in str(info.value)
+    assert server.requests == []
+    monkeypatch.setenv("COINGECKO_RATE_LIMIT", "3/2")  # a window that fits: it runs
+    assert extract.handler(event(max_coins=300), context)["coin_count"] == 300

@@ -383,3 +383,46 @@ def test_a_capped_page_size_over_http(tmp_path):
     assert (result.stop_reason, result.end_confirmed) == ("empty_page", True)
     assert result.served_per_page == 3
     assert "3 rows per page although 5 were asked" in result.warning
+
+
+def test_an_empty_page_far_before_the_expected_end_is_asked_for_again():
+    market = FakeMarket(1000, 250)
+    glitch = {2}  # page 2 answers [] once
+
+    def fetch(page: int) -> RawPage:
+        if page in glitch:
+            glitch.discard(page)
+            market.calls.append(page)
+            return RawPage(b"[]", 0)
+        return market(page)
+
+    result = fetch_markets(fetch, per_page=250, max_coins=None, expected_coins=1000)
+    assert market.calls == [1, 2, 2, 3, 4, 5]
+    assert (result.stop_reason, result.end_confirmed, result.coin_count) == (
+        "empty_page",
+        True,
+        1000,
+    )
+
+
+def test_a_persistent_hole_is_an_unconfirmed_early_end_not_the_end_of_the_market():
+    market = FakeMarket(1000, 250)
+
+    def fetch(page: int) -> RawPage:
+        if page == 2:
+            market.calls.append(page)
+            return RawPage(b"[]", 0)
+        return market(page)
+
+    result = fetch_markets(fetch, per_page=250, max_coins=None, expected_coins=1000)
+    assert market.calls == [1, 2, 2]
+    assert (result.stop_reason, result.end_confirmed, result.coin_count) == (
+        "early_end",
+        False,
+        250,
+    )
+    assert "page 2 was empty twice" in result.warning and "about 1000 coins" in result.warning
+    # Without /global's figure, or near the expected end, an empty page is the end at once.
+    calls_before = len(market.calls)
+    assert fetch_markets(fetch, per_page=250, max_coins=None).stop_reason == "empty_page"
+    assert len(market.calls) - calls_before == 2

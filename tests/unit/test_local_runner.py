@@ -50,7 +50,18 @@ def test_every_task_has_retry_and_catch_to_the_alert_path():
         assert task["Retry"][0]["ErrorEquals"], name
         catch = task["Catch"][0]
         assert catch["ErrorEquals"] == ["States.ALL"]
-        assert states[catch["Next"]]["Next"] == "Notify failure"
+        assert catch["ResultPath"] == "$.error"
+        assert states[catch["Next"]]["Next"] == "Record failure"
+    assert states["Extract result invalid"]["Next"] == "Record failure"
+    record = states["Record failure"]
+    # The recording's result and error go to $.run_log only: $.error stays the original one.
+    assert record["ResultPath"] == "$.run_log"
+    assert record["Catch"] == [
+        {"ErrorEquals": ["States.ALL"], "ResultPath": "$.run_log", "Next": "Failure not recorded"}
+    ]
+    assert record["Next"] == "Notify failure"
+    assert states["Failure not recorded"]["ResultPath"] == "$.run_log"
+    assert states["Failure not recorded"]["Next"] == "Notify failure"
     assert states["Notify failure"]["Resource"] == "arn:aws:states:::sns:publish"
     assert states["Notify failure"]["Next"] == "Failed"
     assert states["Failed"]["Type"] == "Fail"
@@ -146,6 +157,9 @@ def _handlers(fail_in: str | None = None, error: type[Exception] = SourceError):
         return {**event, "row_count": event["coin_count"] - 1}
 
     def load(event: dict[str, Any], context: Any) -> dict[str, Any]:
+        if event.get("action") == "record_failure":  # the "Record failure" step
+            seen.append(("record_failure", event))
+            return {"recorded": True, "table": "DB.PUBLIC.ETL_RUNS"}
         seen.append(("load", event))
         assert context.get_remaining_time_in_millis() > 0
         if fail_in == "load":
@@ -187,16 +201,18 @@ def test_a_failing_task_publishes_an_alert_and_fails_the_execution(state: str):
     assert result.status == "FAILED"
     assert result.error == "LoadError"
     assert result.failed_state == state.capitalize()
-    # The failing task ran once (our errors are not retried by the state machine) and the
-    # states after it never ran.
-    assert [s for s, _ in seen][-1] == state
+    # The failing task ran once (our errors are not retried by the state machine), the states
+    # after it never ran, and the failure was recorded once.
+    assert [s for s, _ in seen][-2:] == [state, "record_failure"]
     assert [s for s, _ in seen].count(state) == 1
+    assert result.run_log == {"recorded": True, "table": "DB.PUBLIC.ETL_RUNS"}
     assert len(result.alerts) == 1
     alert = result.alerts[0]
     assert alert["failed_state"] == state.capitalize()
     assert alert["error"] == "LoadError"
     assert json.loads(alert["cause"])["errorType"] == "LoadError"
     assert alert["execution"] == result.execution_arn
+    assert alert["run_log"] == {"recorded": True, "table": "DB.PUBLIC.ETL_RUNS"}
 
 
 def test_a_result_lambda_could_not_serialise_fails_like_on_aws():

@@ -114,7 +114,14 @@ def test_an_extract_without_done_fails_as_the_contract_pass_state_says():
     assert result.error == "ExtractContractError"
     assert "done" in (result.cause or "")
     assert [a["failed_state"] for a in result.alerts] == ["Extract"]
-    assert seen == []
+    # No Transform or Load: only the "Record failure" step invoked the load function.
+    [(function, event, _)] = seen
+    assert (function, event["action"], event["failed_state"]) == (
+        "load",
+        "record_failure",
+        "Extract",
+    )
+    assert event["state_input"] == {"snapshot_id": "s-1"}
 
 
 def test_progress_comes_before_each_handler_runs_without_polling_and_the_handler_is_left_alone():

@@ -486,6 +486,7 @@ def test_main_rejects_bad_arguments(capsys):
         (["--coins", "0"], "argument --coins: 0 is not in 1-100000"),
         (["--coins", "-5"], "argument --coins: -5 is not in 1-100000"),
         (["--coins", "many"], "argument --coins: 'many' is not an integer"),
+        (["--faults", "markets:teapot"], "invalid --faults: 'teapot' in 'markets:teapot'"),
     ],
 )
 def test_main_refuses_bad_arguments_in_one_line(tmp_path, capsys, args, message):
