@@ -61,7 +61,7 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 
 ## make test: ruff, then the whole suite (unit, integration, infra).
-test: lint
+test: lint node_modules/.package-lock.json
 	CRYPTO_ETL_TEST_BUNDLING=1 $(BIN)/python -m pytest
 
 ## make synth: the CloudFormation template into cdk.out/, offline, no AWS account (ARGS="-c k=v").

@@ -8,6 +8,7 @@ currently loaded::
     processed/dt=D/snapshot=S/run=R/crypto_data.csv.gz
     rejected/dt=D/snapshot=S/run=R/rejected.csv.gz
     snapshots/S.json
+    raw/history/backfill=B/items.json, …/coins/<coin id>.json, …/results/<map run>/…
 """
 
 from __future__ import annotations
@@ -24,6 +25,10 @@ RAW = "raw/"
 PROCESSED = "processed/"
 REJECTED = "rejected/"
 SNAPSHOTS = "snapshots/"
+# The history backfill's files (functions.common.keys' history keys): items.json, the raw
+# market_chart bodies and the Distributed Map's results, per backfill id. Inside raw/, so they
+# follow raw/'s lifecycle (the warehouse holds the rows).
+HISTORY = "raw/history/"
 
 
 class DataLake(Construct):
@@ -108,9 +113,11 @@ class DataLake(Construct):
         *,
         read: tuple[str, ...] = (),
         write: tuple[str, ...] = (),
+        list_only: tuple[str, ...] = (),
     ) -> None:
         """Least privilege by prefix: GetObject on ``read``, PutObject on ``write``, and
-        ListBucket restricted (``s3:prefix`` condition) to the prefixes the role touches."""
+        ListBucket restricted (``s3:prefix`` condition) to the prefixes the role touches plus
+        ``list_only`` (keys listed, never read)."""
         if read:
             role.add_to_principal_policy(
                 iam.PolicyStatement(
@@ -127,7 +134,7 @@ class DataLake(Construct):
                     resources=[self.object_arn(p) for p in write],
                 )
             )
-        prefixes = sorted(set(read) | set(write))
+        prefixes = sorted(set(read) | set(write) | set(list_only))
         if prefixes:
             # The storage layer's exists()/list_keys() call ListObjectsV2 with a key prefix;
             # listing is limited to the prefixes this role reads or writes.

@@ -28,7 +28,7 @@ from constructs import Construct
 
 from cdk_app.bundling import BUILD_ROOT, REPO_ROOT, function_code
 from cdk_app.config import Settings
-from cdk_app.data_lake import PROCESSED, RAW, REJECTED, SNAPSHOTS, DataLake
+from cdk_app.data_lake import HISTORY, PROCESSED, RAW, REJECTED, SNAPSHOTS, DataLake
 from cdk_app.nag import acknowledge, arn_ref
 from cdk_app.secrets import Secrets
 
@@ -38,13 +38,20 @@ SERVICE_PREFIX = "crypto-etl"
 # to their union. snapshots/ holds one index per snapshot (partition date, run loaded): extract
 # reads it to reuse the snapshot's date and creates it on the first run; load switches it to the
 # loaded run after COMMIT. Extract reads raw/ for its own progress.json (the pages fetched by the
-# run's earlier invocations of the deadline loop). Nobody may delete.
+# run's earlier invocations of the deadline loop) and, for the history backfill, writes
+# raw/history/ (items.json, the market_chart bodies) under its raw/ grant. Nobody may delete.
+# Prefixes a function lists without reading: the backfill plan (extract) lists processed/ keys
+# to find the latest snapshot's partition date, then reads only raw/ and snapshots/.
+LAKE_LIST_ONLY: dict[str, tuple[str, ...]] = {"extract": (PROCESSED,)}
+
 LAKE_ACCESS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "extract": ((RAW, SNAPSHOTS), (RAW, SNAPSHOTS)),
     # transform reads the index (and raw manifests) to find the previous snapshot's row count
     # for the quality gate.
     "transform": ((RAW, SNAPSHOTS), (PROCESSED, REJECTED)),
-    "load": ((PROCESSED, SNAPSHOTS), (SNAPSHOTS,)),
+    # raw/history/: the backfill's load_history reads the market_chart bodies, the items file
+    # and the Distributed Map's result files (never the snapshot pages under raw/dt=…).
+    "load": ((PROCESSED, SNAPSHOTS, HISTORY), (SNAPSHOTS,)),
 }
 
 # Unzipped size of the AWS SDK for pandas layer 3.16.0: 167 MB, as measured in
@@ -260,7 +267,9 @@ class PipelineFunctions(Construct):
 
     def _grant_lake(self, name: str) -> None:
         read, write = LAKE_ACCESS[name]
-        self.lake.grant(self.roles[name], read=read, write=write)
+        self.lake.grant(
+            self.roles[name], read=read, write=write, list_only=LAKE_LIST_ONLY.get(name, ())
+        )
 
     def _acknowledge_prefix_wildcards(self) -> None:
         bucket = arn_ref(self.lake.bucket)

@@ -1,4 +1,5 @@
-"""The one stack: data lake, secrets, functions, alerting, pipeline, optional schedule, outputs."""
+"""The one stack: data lake, secrets, functions, alerting, pipeline, history backfill, optional
+schedule, outputs."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import aws_cdk as cdk
 from constructs import Construct
 
 from cdk_app.alerting import Alerting
+from cdk_app.backfill import Backfill
 from cdk_app.config import Settings
 from cdk_app.data_lake import DataLake
 from cdk_app.pipeline import Pipeline
@@ -38,6 +40,14 @@ class CryptoEtlStack(cdk.Stack):
             log_retention_days=settings.log_retention_days,
         )
         self.alerting.watch_state_machine(self.pipeline.state_machine, self.pipeline.log_group)
+        self.backfill = Backfill(
+            self,
+            "Backfill",
+            functions=self.functions,
+            lake=self.lake,
+            topic=self.alerting.topic,
+            log_retention_days=settings.log_retention_days,
+        )
         for name, fn in self.functions.functions.items():
             self.alerting.watch_function(name, fn)
 
@@ -65,6 +75,10 @@ class CryptoEtlStack(cdk.Stack):
                     ],
                 ),
                 "Open the state machine in the console (Start execution)",
+            ),
+            "BackfillStateMachineArn": (
+                self.backfill.state_machine.state_machine_arn,
+                'Start a history backfill: {"top_n": 200, "days": 365} (README)',
             ),
             "LakeBucketName": (self.lake.bucket.bucket_name, "Data lake bucket"),
             "AccessLogsBucketName": (

@@ -4,7 +4,8 @@ This module is the argument parser and the one place errors become messages and 
 Each command lives in its own module, which adds its sub-parser with ``register(subparsers)``
 and sets ``func(args, out) -> exit code`` on it: ``run_command`` (``run``),
 ``warehouse_commands`` (``sql``, ``show``, ``runs``, ``rebuild``), ``looker_command``
-(``looker``), ``dashboard`` (``dashboard``) and ``aws_command`` (``aws run``).
+(``looker``), ``dashboard`` (``dashboard``), ``aws_command`` (``aws run``) and
+``backfill_command`` (``backfill``).
 
 Exit codes: 0 success, 1 the execution failed (or nothing to show), 2 bad arguments, paths or
 configuration, 130 interrupted.
@@ -32,7 +33,14 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``crypto-etl`` parser with every command's sub-parser."""
     # Imported here, inside main()'s Ctrl-C guard: they pull in the Snowflake connector,
     # pandas and pyarrow (~1 s), and a Ctrl-C meanwhile must not print a traceback.
-    from local_mode import aws_command, dashboard, looker_command, run_command, warehouse_commands
+    from local_mode import (
+        aws_command,
+        backfill_command,
+        dashboard,
+        looker_command,
+        run_command,
+        warehouse_commands,
+    )
     from local_mode.run_command import DEFAULT_LOCAL_DIR
 
     parser = argparse.ArgumentParser(
@@ -53,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     looker_command.register(sub)
     dashboard.register(sub)
     aws_command.register(sub)
+    backfill_command.register(sub)
     return parser
 
 

@@ -3,7 +3,9 @@
 The page is built from the reporting views the load creates (``functions.load.sql``):
 ``SNAPSHOT_FILTER`` (the snapshot / fetch-date / currency control), ``MARKET_SNAPSHOTS``
 (scorecards, market-cap and dominance history) and ``COIN_HISTORY`` (top coins, shares, movers,
-a coin's history) - the same views the Looker Studio report reads.
+a coin's history) - the same views the Looker Studio report reads - and, once a backfill has
+loaded CRYPTO_PRICE_HISTORY, ``COIN_PRICE_SERIES`` (daily price of the top
+:data:`SERIES_COINS` coins: the backfilled history, then the snapshots' daily close).
 
 Shape of the work: :func:`fetch_dashboard_data` runs two queries; :func:`build_payload` turns the
 rows into plotly figures (plain dicts) and formatted scorecards for every embedded snapshot;
@@ -42,6 +44,7 @@ TOP_COINS = 100  # coins embedded per snapshot (by market cap); movers are ranke
 BAR_COINS = 20  # the "top 20 by market cap" chart
 SHARE_SLICES = 10  # named slices of the dominance and volume share charts (+ "Others")
 MOVERS_PER_SIDE = 10  # gainers and losers shown
+SERIES_COINS = 10  # coins of the daily price series chart (by their latest market cap)
 
 # Symbols people read in front of an amount; other currencies get their code after it.
 CURRENCY_SYMBOLS = {"usd": "$", "eur": "€", "gbp": "£", "jpy": "¥", "btc": "₿", "eth": "Ξ"}
@@ -52,6 +55,12 @@ SNAPSHOT_CHARTS = ("top20", "dominance", "movers", "volume")
 HISTORY_CHARTS = ("cap_history", "dominance_history")
 COIN_CHART = "coin_history"
 CHART_IDS = (*SNAPSHOT_CHARTS, *HISTORY_CHARTS, COIN_CHART)
+# Drawn only when CRYPTO_PRICE_HISTORY has rows (a backfill ran), so not in CHART_IDS.
+SERIES_CHART = "price_series"
+SERIES_COLORS = (
+    "#3b6fb6", "#f7931a", "#627eea", "#1a9850", "#9467bd",
+    "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
+)  # fmt: skip
 
 GAIN_COLOR = "#1a9850"
 LOSS_COLOR = "#d73027"
@@ -265,6 +274,22 @@ class DashboardData:
     generated_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     last_success: RunStatus | None = None
     last_failure: RunStatus | None = None
+    series: list[SeriesPoint] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class SeriesPoint:
+    """One row of COIN_PRICE_SERIES: a coin's day (price and market cap in ``vs_currency``),
+    from ``source`` 'market_chart' (backfilled history) or 'snapshot' (the day's close);
+    ``coin_pos`` is the coin's place by latest market cap (1 = largest)."""
+
+    vs_currency: str
+    coin_id: str
+    day: date
+    price: float | None
+    market_cap: float | None
+    source: str
+    coin_pos: int
 
 
 def _bounded_snapshots(limit: int) -> str:
@@ -315,6 +340,57 @@ SELECT H.* FROM H
 LEFT JOIN K ON K.VS_CURRENCY IS NOT DISTINCT FROM H.VS_CURRENCY AND K.COIN_ID = H.COIN_ID
 WHERE H.CAP_POS <= {int(top)} OR H.VOL_POS <= {int(by_volume)} OR K.COIN_ID IS NOT NULL
 ORDER BY H.VS_CURRENCY, H.SNAPSHOT_ID, H.CAP_POS"""
+
+
+def series_sql(top: int = SERIES_COINS) -> str:
+    """COIN_PRICE_SERIES of the top ``top`` coins (by the market cap of their latest day) of
+    each currency, among the coins that have backfilled history in it; by currency, place,
+    date."""
+    return f"""
+WITH HIST AS (SELECT DISTINCT VS_CURRENCY, COIN_ID FROM CRYPTO_PRICE_HISTORY),
+LAST AS (
+    SELECT S.VS_CURRENCY, S.COIN_ID, S.MARKET_CAP,
+        ROW_NUMBER() OVER (PARTITION BY S.VS_CURRENCY, S.COIN_ID ORDER BY S.DATE DESC) AS P
+    FROM COIN_PRICE_SERIES AS S
+    JOIN HIST AS H ON H.VS_CURRENCY = S.VS_CURRENCY AND H.COIN_ID = S.COIN_ID
+),
+TOP_COINS AS (
+    SELECT VS_CURRENCY, COIN_ID, ROW_NUMBER() OVER (PARTITION BY VS_CURRENCY
+        ORDER BY MARKET_CAP DESC NULLS LAST, COIN_ID) AS COIN_POS
+    FROM LAST WHERE P = 1
+)
+SELECT S.VS_CURRENCY, S.COIN_ID, S.DATE, S.PRICE, S.MARKET_CAP, S.SOURCE, T.COIN_POS
+FROM COIN_PRICE_SERIES AS S
+JOIN TOP_COINS AS T ON T.VS_CURRENCY = S.VS_CURRENCY AND T.COIN_ID = S.COIN_ID
+WHERE T.COIN_POS <= {int(top)}
+ORDER BY S.VS_CURRENCY, T.COIN_POS, S.DATE"""
+
+
+def series_point_from_row(row: Mapping[str, Any]) -> SeriesPoint:
+    """A :class:`SeriesPoint` from a row of :func:`series_sql` (upper-case column names)."""
+    return SeriesPoint(
+        vs_currency=str(row["VS_CURRENCY"]),
+        coin_id=str(row["COIN_ID"]),
+        day=row["DATE"],
+        price=_opt_float(row["PRICE"]),
+        market_cap=_opt_float(row["MARKET_CAP"]),
+        source=str(row["SOURCE"]),
+        coin_pos=int(row["COIN_POS"]),
+    )
+
+
+def fetch_series(cur: Any, top: int = SERIES_COINS) -> list[SeriesPoint]:
+    """The price series of :func:`series_sql`; empty when CRYPTO_PRICE_HISTORY or the view is
+    missing (no backfill yet, or a warehouse from before the backfill) or holds no row."""
+    try:
+        (row,) = _rows(cur, "SELECT COUNT(*) AS N FROM CRYPTO_PRICE_HISTORY")
+        if not row["N"]:
+            return []
+        return [series_point_from_row(r) for r in _rows(cur, series_sql(top))]
+    except SnowflakeError as exc:
+        if _missing_object(exc):
+            return []
+        raise
 
 
 def _utc(value: Any) -> datetime | None:
@@ -512,6 +588,7 @@ def fetch_dashboard_data(
             raise DashboardEmpty(EMPTY_WAREHOUSE)
         coins = [coin_from_row(r) for r in _rows(cur, coins_sql(snapshot_limit, top_coins))]
         last_success, last_failure = fetch_run_status(cur)
+        series = fetch_series(cur)
     finally:
         cur.close()
     return DashboardData(
@@ -520,6 +597,7 @@ def fetch_dashboard_data(
         source=source,
         last_success=last_success,
         last_failure=last_failure,
+        series=series,
     )
 
 
@@ -989,6 +1067,59 @@ def coin_history_figure(
     }
 
 
+def price_series_figure(currency: str, points: Sequence[SeriesPoint]) -> dict[str, Any]:
+    """Daily price of each coin (one line per coin, in place order) on a log axis (prices
+    differ by orders of magnitude); backfilled days are a solid line, the snapshots' days
+    after them dotted markers on the same colour, so where history ends shows."""
+    by_coin: dict[str, list[SeriesPoint]] = defaultdict(list)
+    for p in sorted(points, key=lambda p: (p.coin_pos, p.coin_id, p.day)):
+        by_coin[p.coin_id].append(p)
+    data: list[dict[str, Any]] = []
+    for i, (coin_id, rows) in enumerate(by_coin.items()):
+        color = SERIES_COLORS[i % len(SERIES_COLORS)]
+        for source, mode, dash, show in (
+            ("market_chart", "lines", "solid", True),
+            ("snapshot", "lines+markers", "dot", False),
+        ):
+            part = [r for r in rows if r.source == source]
+            if not part:
+                continue
+            data.append(
+                {
+                    "type": "scatter",
+                    "mode": mode,
+                    "name": _esc(coin_id),
+                    "legendgroup": _esc(coin_id),
+                    "showlegend": show or not any(r.source == "market_chart" for r in rows),
+                    "x": [r.day.isoformat() for r in part],
+                    "y": [r.price for r in part],
+                    "line": {"color": color, "dash": dash, "width": 1.5},
+                    "hovertext": [
+                        f"<b>{_esc(coin_id)}</b> · {r.day.isoformat()}<br>price"
+                        f" {format_money(r.price, currency)}<br>market cap"
+                        f" {format_money(r.market_cap, currency)}<br>{r.source}"
+                        for r in part
+                    ],
+                    "hoverinfo": "text",
+                }
+            )
+    if not data:
+        return _empty_figure(f"No backfilled history in {currency.upper()}")
+    return {
+        "data": data,
+        "layout": _base_layout(
+            xaxis={
+                "type": "date",
+                "title": {"text": "date (UTC)"},
+                "gridcolor": "#eeeeee",
+                "automargin": True,
+            },
+            yaxis=money_axis(currency, type="log", title={"text": "price (log)"}),
+            legend={"orientation": "h", "y": -0.25},
+        ),
+    }
+
+
 # --- Scorecards --------------------------------------------------------------------------------
 
 
@@ -1064,8 +1195,9 @@ def build_payload(data: DashboardData, currency: str | None = None) -> dict[str,
     first, "latest": key}}, "snapshots": {key: {"id", "currency", "fetch_date", "label",
     "fetched_at_ms", "x", "is_latest", "cards", "figures": {chart: figure}, "marks": {chart: y},
     "coins": [[coin_id, label], ...]}}, "history": {cur: {chart: figure}}, "coin_history":
-    {cur: {coin_id: figure}}, "bounds": {...}, "source", "generated_at", "runs": {"success",
-    "failure", "failing"}}`` (``runs``: :func:`run_status_text`). A key is
+    {cur: {coin_id: figure}}, "price_series": {cur: figure} (empty without backfilled history),
+    "bounds": {...}, "source", "generated_at", "runs": {"success", "failure", "failing"}}``
+    (``runs``: :func:`run_status_text`). A key is
     ``<currency>|<snapshot id>``. Raises DashboardEmpty when ``data`` has no snapshot or
     ``currency`` has none.
     """
@@ -1133,6 +1265,15 @@ def build_payload(data: DashboardData, currency: str | None = None) -> dict[str,
                 "cap_history": snap.total_market_cap,
                 "dominance_history": None if at is None else top_share[at],
             }
+    series_by_currency: dict[str, list[SeriesPoint]] = defaultdict(list)
+    for point in data.series:
+        series_by_currency[point.vs_currency].append(point)
+    # Only when a backfill loaded rows: then every currency gets a figure (a note if it has none).
+    payload["price_series"] = (
+        {cur: price_series_figure(cur, series_by_currency.get(cur, ())) for cur in by_currency}
+        if data.series
+        else {}
+    )
     payload["default"] = payload["currencies"][default_currency]["latest"]
     return payload
 
@@ -1196,6 +1337,7 @@ CHART_TITLES = {
     "cap_history": "Total market cap across snapshots",
     "dominance_history": "Dominance across snapshots",
     "coin_history": "A coin across snapshots",
+    SERIES_CHART: f"Daily price of the top {SERIES_COINS} coins: history, then snapshots",
 }
 
 _CSS = """
@@ -1295,6 +1437,9 @@ _APP_JS = r"""
     ["cap_history", "dominance_history"].forEach(function (c) {
       draw(c, withMark(h[c], s.x, s.marks[c]));
     });
+    if (P.price_series && P.price_series[s.currency]) {
+      draw("price_series", P.price_series[s.currency]);
+    }
     var keep = coinSel.value;
     var ids = s.coins.map(function (c) { return c[0]; });
     fill(coinSel, s.coins, ids.indexOf(keep) >= 0 ? keep : (ids[0] || ""));
@@ -1362,6 +1507,13 @@ def render_html(payload: Mapping[str, Any], plotly_js: str | None = None) -> str
         '<label class="meta">Coin <select id="coin-select"></select></label>'
         f'<div class="chart" id="chart-{COIN_CHART}"></div></section>'
     )
+    if payload.get("price_series"):
+        coin_panel += (
+            f'<section class="panel" style="margin-top:12px"><h2>{CHART_TITLES[SERIES_CHART]}'
+            '</h2><p class="meta">Backfilled daily history (CRYPTO_PRICE_HISTORY, solid), then'
+            " the day's last snapshot where there is no history (dotted): view"
+            f' COIN_PRICE_SERIES.</p><div class="chart" id="chart-{SERIES_CHART}"></div></section>'
+        )
     source = html.escape(str(payload["source"]))
     generated = html.escape(str(payload["generated_at"]))
     runs = payload.get("runs") or run_status_text(None, None)

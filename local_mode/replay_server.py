@@ -10,6 +10,14 @@ daemon thread; use it as a context manager (it stops itself) and point the extra
     (default 100, clamped to 1..250) and ``page`` (default 1) select coins
     ``[(page-1)*per_page, page*per_page)``; pages past the end are ``[]``. ``order`` is always
     market cap descending; ``ids`` (comma-separated) filters the synthetic market.
+``GET /api/v3/coins/{id}/market_chart``
+    a coin's history: ``vs_currency`` is required (else 422, as recorded), ``days`` an integer
+    >= 1 or ``max`` (else 400 ``{"error": "invalid days"}``; CoinGecko's default is 1), any
+    ``interval`` is answered with the daily series. An unknown id is HTTP 404 ``{"error": "coin
+    not found"}`` (CoinGecko's answer). As CoinGecko's public and demo plans, a request without
+    a pro key (header ``x-cg-pro-api-key``) for more than the past 365 days (or ``max``) is HTTP
+    401 with CoinGecko's ``error_code`` 10012 body (:data:`HISTORY_RANGE_BODY`);
+    ``ReplayServer(history_limit_days=None)`` lifts that.
 ``GET /api/v3/global``, ``GET /api/v3/ping``
     as CoinGecko; anything else is 404 ``{"error": "Incorrect path..."}``.
 
@@ -17,7 +25,11 @@ Two sources:
 
 * **synthetic** (:meth:`ReplayServer.synthetic`): :mod:`local_mode.synthetic`'s deterministic
   market of ``coins`` coins (quoted in any currency of ``synthetic.FX_RATES``; another
-  ``vs_currency`` is HTTP 400 ``{"error": "invalid vs_currency"}``) and its ``/global``.
+  ``vs_currency`` is HTTP 400 ``{"error": "invalid vs_currency"}``) and its ``/global``;
+  ``market_chart`` serves :func:`local_mode.synthetic.generate_market_chart`'s deterministic
+  daily history of any coin of the market (with ``as_of``, of its whole drifting universe),
+  ending at ``as_of`` (or the current time when the source has none) with the coin's current
+  price, market cap and volume.
 * **recorded directory** (:meth:`ReplayServer.from_directory`): ``DIR/markets-page-0001.json``,
   ``-0002``, … are served byte for byte at their page number whatever ``per_page`` asks; a page
   number with no file (past the last one, or a gap) is ``[]``. Every file is read when the source is
@@ -34,6 +46,12 @@ Two sources:
   ``X-Replay-Synthesized: global``. It does not invent totals from the pages (that would make the
   fetched coins look like 100% of the market); the transform then falls back to the fetched sums and
   flags ``DOMINANCE_BASIS = 'fetched'``.
+  ``DIR/market_chart_<coin id>.json`` is served byte for byte as ``/coins/<coin id>/market_chart``
+  whatever the query (``days``, ``vs_currency``: the recording is what it is); an error object
+  with its status, as above; a coin without a file is 404 ``{"error": "coin not found"}``. The
+  coin id is the whole rest of the name (``market_chart_usd-coin.json`` -> ``usd-coin``). The
+  project's shared recordings of ``market_chart`` are all bitcoin: copy one to
+  ``DIR/market_chart_bitcoin.json`` to serve it.
 
 Fault injection for tests (checked in this order for every request):
 
@@ -91,11 +109,11 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, NoReturn
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from functions.common.errors import ValidationError
 from functions.extract.api_errors import error_from_bytes
@@ -106,6 +124,24 @@ API_PREFIX = "/api/v3"
 MAX_PER_PAGE = 250
 DEFAULT_PER_PAGE = 100
 PAGE_FILE_RE = re.compile(r"^markets-page-(\d+)\.json$")
+CHART_FILE_RE = re.compile(r"^market_chart_([a-z0-9][a-z0-9._-]{0,127})\.json$")
+CHART_PATH_RE = re.compile(r"^/coins/([^/]+)/market_chart$")
+COIN_NOT_FOUND_BODY = {"error": "coin not found"}
+# The public and demo plans' history limit and CoinGecko's answer beyond it (HTTP 401; quoted in
+# github.com/SixPM-Software/waxtax/pull/8; docs.coingecko.com .../coins-id-market-chart).
+HISTORY_LIMIT_DAYS = 365
+PRO_KEY_HEADER = "x-cg-pro-api-key"
+HISTORY_RANGE_BODY = {
+    "error": {
+        "status": {
+            "timestamp": "2024-04-20T22:00:05.123+00:00",
+            "error_code": 10012,
+            "error_message": "Your request exceeds the allowed time range. Public API users are "
+            "limited to querying historical data within the past 365 days. Upgrade to a paid "
+            "plan to enjoy full historical data access: https://www.coingecko.com/en/api/pricing. ",
+        }
+    }
+}
 RATE_LIMIT_BODY = {
     "status": {
         "error_code": 429,
@@ -203,6 +239,10 @@ class MarketSource:
     def global_data(self) -> Reply:
         raise NotImplementedError
 
+    def market_chart(self, coin_id: str, vs_currency: str, days: int | str) -> Reply:
+        """``/coins/{coin_id}/market_chart``; by default no coin has a history (404)."""
+        return Reply(404, _json_bytes(COIN_NOT_FOUND_BODY))
+
 
 class SyntheticSource(MarketSource):
     """The deterministic synthetic market (generated once per currency, on first use)."""
@@ -222,7 +262,10 @@ class SyntheticSource(MarketSource):
         self.seed = seed
         self._lock = threading.Lock()
         self._markets: dict[str, list[dict[str, Any]]] = {}
+        self._charted: dict[str, dict[str, dict[str, Any]]] = {}
         self._global: bytes | None = None
+        # Histories end at one instant per server, so every request agrees with the others.
+        self._started = datetime.now(UTC)
 
     def market(self, vs_currency: str) -> list[dict[str, Any]]:
         """The whole market quoted in ``vs_currency`` (cached)."""
@@ -247,6 +290,39 @@ class SyntheticSource(MarketSource):
             coins = [c for c in coins if c["id"] in wanted]
         start = (page - 1) * per_page
         return Reply(200, _json_bytes(coins[start : start + per_page]))
+
+    def now(self) -> datetime:
+        """The time histories end at: ``as_of``, else when this source was made."""
+        return self.as_of or self._started
+
+    def chart_coins(self, vs_currency: str) -> dict[str, dict[str, Any]]:
+        """``{id: market row}`` of every coin with a history, quoted in ``vs_currency``."""
+        with self._lock:
+            if vs_currency not in self._charted:
+                rows = synthetic.chart_universe(
+                    self.coins,
+                    seed=self.seed,
+                    vs_currency=vs_currency,
+                    **({"as_of": self.as_of, "drift": True} if self.as_of else {}),
+                )
+                self._charted[vs_currency] = {row["id"]: row for row in rows}
+            return self._charted[vs_currency]
+
+    def market_chart(self, coin_id: str, vs_currency: str, days: int | str) -> Reply:
+        vs = vs_currency.strip().lower()
+        if vs not in synthetic.FX_RATES:
+            return Reply(400, _json_bytes({"error": "invalid vs_currency"}))
+        coin = self.chart_coins(vs).get(coin_id)
+        if coin is None:
+            return Reply(404, _json_bytes(COIN_NOT_FOUND_BODY))
+        # The fixed market (no as_of) is the market at DEFAULT_AS_OF: anchor its walk there, so
+        # a past day's value does not depend on when the history is asked for and re-running a
+        # backfill changes no past day (only today's partial point, as on CoinGecko).
+        anchor = None if self.as_of else synthetic.DEFAULT_AS_OF
+        chart = synthetic.generate_market_chart(
+            coin, now=self.now(), days=days, seed=self.seed, walk_anchor=anchor
+        )
+        return Reply(200, _json_bytes(chart))
 
     def global_data(self) -> Reply:
         if self._global is None:
@@ -281,12 +357,17 @@ class DirectorySource(MarketSource):
             what = "is not a directory" if self.directory.exists() else "does not exist"
             raise ValidationError(field, f"{self.directory} {what}")
         self.pages: dict[int, bytes] = {}
+        self.charts: dict[str, bytes] = {}
         names: dict[int, str] = {}
         try:
             entries = sorted(self.directory.iterdir())
         except OSError as exc:
             raise ValidationError(field, f"cannot list {self.directory}: {exc.strerror}") from exc
         for path in entries:
+            chart = CHART_FILE_RE.fullmatch(path.name)
+            if chart:
+                self.charts[chart.group(1)] = _read_recording(path, field)
+                continue
             match = PAGE_FILE_RE.fullmatch(path.name)
             if not match:
                 continue
@@ -313,6 +394,12 @@ class DirectorySource(MarketSource):
         body = self.pages.get(page)
         if body is None:
             return Reply(200, b"[]")
+        return _recorded_reply(body)
+
+    def market_chart(self, coin_id: str, vs_currency: str, days: int | str) -> Reply:
+        body = self.charts.get(coin_id)
+        if body is None:
+            return Reply(404, _json_bytes(COIN_NOT_FOUND_BODY))
         return _recorded_reply(body)
 
     def global_data(self) -> Reply:
@@ -441,7 +528,9 @@ class _Handler(BaseHTTPRequestHandler):
         from_source = limited = False
         fault: str | None = None
         try:
-            reply, from_source, limited, fault = replay._respond(endpoint, query, page)
+            reply, from_source, limited, fault = replay._respond(
+                endpoint, query, page, {k.lower(): v for k, v in self.headers.items()}
+            )
         except Exception as exc:  # a bug or a bad recording: answer, do not drop the connection
             reply = Reply(
                 500, _json_bytes({"error": f"replay server: {type(exc).__name__}: {exc}"})
@@ -539,8 +628,12 @@ class ReplayServer:
         host: str = "127.0.0.1",
         port: int = 0,
         clock: Callable[[], float] = time.monotonic,
+        history_limit_days: int | None = HISTORY_LIMIT_DAYS,
     ) -> None:
+        """``history_limit_days``: the most days of ``market_chart`` history served without a
+        pro key (CoinGecko's public/demo limit; None: no limit)."""
         self.source = source
+        self.history_limit_days = history_limit_days
         self.host = host
         self._requested_port = port
         self._clock = clock
@@ -729,7 +822,11 @@ class ReplayServer:
             return None
 
     def _respond(
-        self, endpoint: str, query: Mapping[str, str], page: int | None
+        self,
+        endpoint: str,
+        query: Mapping[str, str],
+        page: int | None,
+        headers: Mapping[str, str] | None = None,
     ) -> tuple[Reply | Scripted, bool, bool, str | None]:
         """The reply, whether the source gave it (False: scripted, a fault's or rate-limited),
         whether the rate limit refused it, and the injected faults that shaped it (specs)."""
@@ -765,7 +862,7 @@ class ReplayServer:
                 self._faults.give_back(fault, page)
             reply = Reply(429, _json_bytes(RATE_LIMIT_BODY), {"Retry-After": str(retry_after)})
             return reply, False, True, None
-        reply = self._serve(endpoint, query, page)
+        reply = self._serve(endpoint, query, page, headers)
         if reply.status != 200:
             if fault is not None:
                 self._faults.give_back(fault, page)
@@ -798,7 +895,16 @@ class ReplayServer:
 
         return previous
 
-    def _serve(self, endpoint: str, query: Mapping[str, str], page: int | None) -> Reply:
+    def _serve(
+        self,
+        endpoint: str,
+        query: Mapping[str, str],
+        page: int | None,
+        headers: Mapping[str, str] | None = None,
+    ) -> Reply:
+        chart = CHART_PATH_RE.fullmatch(endpoint)
+        if chart:
+            return self._market_chart(unquote(chart.group(1)), query, headers or {})
         if endpoint == "/ping":
             return Reply(200, _json_bytes(PING_BODY))
         if endpoint == "/global":
@@ -813,6 +919,27 @@ class ReplayServer:
             per_page = min(max(per_page, 1), MAX_PER_PAGE)
             return self.source.markets(query, max(page, 1), per_page)
         return Reply(404, _json_bytes(NOT_FOUND_BODY))
+
+    def _market_chart(
+        self, coin_id: str, query: Mapping[str, str], headers: Mapping[str, str]
+    ) -> Reply:
+        """``/coins/{id}/market_chart``: the parameters and the plan's range, then the source."""
+        vs_currency = query.get("vs_currency", "").strip()
+        if not vs_currency:
+            return Reply(422, _json_bytes({"error": "Missing parameter vs_currency"}))
+        raw = query.get("days", "1").strip().lower()
+        days: int | str
+        if raw == "max":
+            days = "max"
+        elif raw.isdigit() and int(raw) >= 1:
+            days = int(raw)
+        else:
+            return Reply(400, _json_bytes({"error": "invalid days"}))
+        limit = self.history_limit_days
+        beyond = limit is not None and (days == "max" or (isinstance(days, int) and days > limit))
+        if beyond and not headers.get(PRO_KEY_HEADER):
+            return Reply(401, _json_bytes(HISTORY_RANGE_BODY))
+        return self.source.market_chart(coin_id, vs_currency, days)
 
 
 @contextlib.contextmanager

@@ -392,3 +392,95 @@ def generate_global(
             "updated_at": int(as_of.timestamp()),
         }
     }
+
+
+# -- /coins/{id}/market_chart ---------------------------------------------------------------------
+
+# A coin's listing day lies this many days before DEFAULT_AS_OF (uniform per coin), so
+# ``days=max`` ends somewhere and a 365-day backfill after 2024 covers every coin whole.
+LISTED_MIN_DAYS = 400
+LISTED_MAX_DAYS = 4000
+VOLUME_DAY_SIGMA = 0.3  # daily log-noise of volumes around the price path
+_MS_PER_DAY = 86_400_000
+
+
+def chart_universe(
+    coins: int,
+    *,
+    seed: int = DEFAULT_SEED,
+    vs_currency: str = "usd",
+    as_of: datetime = DEFAULT_AS_OF,
+    drift: bool = False,
+) -> list[dict[str, Any]]:
+    """Every coin that has a history: the market of :func:`generate_markets`, and with
+    ``drift`` also the coins of its universe below the top ``coins`` (they entered or left
+    the ranking), all quoted at ``as_of`` in ``vs_currency``."""
+    if not drift:
+        return generate_markets(coins, seed=seed, vs_currency=vs_currency, as_of=as_of)
+    universe = _market_usd(coins + coins // 20 + (2 if coins else 0), seed, as_of)
+    return [_convert(c, vs_currency) for c in drifted(universe, len(universe), seed, as_of)]
+
+
+def listed_day(seed: int, coin_id: str) -> int:
+    """The coin's first day of history, in days from ``DEFAULT_AS_OF`` (negative)."""
+    age = random.Random(f"{seed}:{coin_id}:listed").uniform(LISTED_MIN_DAYS, LISTED_MAX_DAYS)
+    return -math.floor(age)
+
+
+def generate_market_chart(
+    coin: dict[str, Any],
+    *,
+    now: datetime,
+    days: int | str,
+    seed: int = DEFAULT_SEED,
+    walk_anchor: datetime | None = None,
+) -> dict[str, list[list[float]]]:
+    """``/coins/{id}/market_chart?days=D&interval=daily`` for ``coin`` (a market row quoted in
+    the wanted currency at ``now``): ``{"prices", "market_caps", "total_volumes"}``, each a list
+    of ``[unix ms, value]``.
+
+    As CoinGecko's daily series (recorded: ``days=90`` gave 90 points at 00:00 UTC, the last one
+    today's, then one at the request time): one point per UTC midnight after ``now - D`` days up
+    to ``now`` (never before the coin's :func:`listed_day`; ``days="max"`` starts there), then
+    ``now`` itself unless it is a midnight. The last point is the coin's ``current_price``,
+    ``market_cap`` and ``total_volume``. Earlier points follow the same random walk as
+    :func:`drifted` (a price at midnight ``m`` is ``current_price * exp(walk(m) - walk(now))``),
+    so a history served at an ``as_of`` agrees with the drifted snapshots of the days it
+    covers; caps move with the price (supply fixed) and volumes get extra daily noise.
+    ``walk_anchor`` (default ``now``) is the instant ``coin``'s quotes belong to: the fixed,
+    undrifted market's is :data:`DEFAULT_AS_OF`.
+    """
+    now = now.astimezone(UTC)
+    now_ms = math.floor(now.timestamp() * 1000)
+    base_ms = math.floor(DEFAULT_AS_OF.timestamp() * 1000)
+    last_day = (now_ms - base_ms) // _MS_PER_DAY  # today's midnight, in days from DEFAULT_AS_OF
+    first_day = listed_day(seed, coin["id"])
+    if days != "max":
+        start_ms = now_ms - int(days) * _MS_PER_DAY
+        first_day = max(first_day, (start_ms - base_ms) // _MS_PER_DAY + 1)
+    cid = coin["id"]
+    anchor_ms = now_ms if walk_anchor is None else math.floor(walk_anchor.timestamp() * 1000)
+    walk_now = _walk(seed, cid, (anchor_ms - base_ms) / _MS_PER_DAY, DRIFT_SIGMA)
+    span = range(first_day - DRIFT_WINDOW, last_day + 1)
+    steps = {d: _day_step(seed, cid, d, DRIFT_SIGMA) for d in span}
+    window = sum(steps[d] for d in range(first_day - DRIFT_WINDOW, first_day))
+    price_now = float(coin["current_price"] or 0.0)
+    cap_now = float(coin["market_cap"] or 0.0)
+    volume_now = float(coin["total_volume"] or 0.0)
+    prices: list[list[float]] = []
+    caps: list[list[float]] = []
+    volumes: list[list[float]] = []
+    for day in range(first_day, last_day + 1):
+        if day > first_day:  # the moving sum of the last DRIFT_WINDOW steps (see _walk)
+            window += steps[day - 1] - steps[day - 1 - DRIFT_WINDOW]
+        factor = math.exp(window - walk_now)
+        noise = math.exp(_day_step(seed, f"{cid}:volume", day, VOLUME_DAY_SIGMA))
+        stamp = base_ms + day * _MS_PER_DAY
+        prices.append([stamp, _sig(price_now * factor, 12)])
+        caps.append([stamp, _sig(cap_now * factor, 12)])
+        volumes.append([stamp, _sig(volume_now * factor * noise, 12)])
+    if not prices or prices[-1][0] != now_ms:
+        prices.append([now_ms, price_now])
+        caps.append([now_ms, cap_now])
+        volumes.append([now_ms, volume_now])
+    return {"prices": prices, "market_caps": caps, "total_volumes": volumes}

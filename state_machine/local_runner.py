@@ -14,6 +14,41 @@ and ``execute`` waits on that signal instead of polling the execution every 50 m
 
 ``tests/unit/test_local_runner.py`` guards both patches so a moto upgrade cannot break them
 silently.
+
+**The Distributed Map (the backfill's ``Fetch``).** moto 5.2's interpreter cannot run it: its
+ASL parser rejects ``ItemBatcher`` (and an integer ``ToleratedFailurePercentage``), ignores
+tolerated failures, evaluates the ``ResultWriter`` parameters against the items instead of the
+state input, and writes an empty result manifest (probed; ``tests/integration/test_backfill.py``
+keeps the probe, so an upgrade that fixes it is noticed). So when a definition has a state of
+``Type: Map`` whose ``ItemProcessor.ProcessorConfig.Mode`` is ``DISTRIBUTED``, the runner
+deploys the definition with that one state replaced by a Task on a local function
+(``distributed-map``) and keeps everything around it (``ResultPath``, ``ResultSelector``,
+``OutputPath``, ``Catch``, ``Retry``, ``Next``/``End``). That function, :class:`DistributedMap`,
+does what the Map Run does on AWS, from the Map state as written:
+
+* ``ItemReader`` (``s3:getObject``, ``InputType: JSON``) reads the items file from the lake the
+  handlers use (``storage_from_env``: the folder lake locally), not through the S3 API;
+* ``ItemBatcher``: batches of ``MaxItemsPerBatch(Path)`` items, each child's input
+  ``{"Items": [...], "BatchInput": {...}}`` (``MaxInputBytesPerBatch`` is not applied);
+* the ``ItemProcessor`` is deployed into moto as a state machine of its own and each batch runs
+  as one of its executions (a child execution, with its Retry and Catch), at most
+  ``MaxConcurrency(Path)`` at once (0: all);
+* ``ToleratedFailurePercentage``/``ToleratedFailureCount`` (or their ``Path``): a failed child
+  counts all its items as failed; past the threshold no further child starts and the state fails
+  with ``States.ExceedToleratedFailureThreshold`` (catchable, as on AWS);
+* ``ResultWriter`` (``s3:putObject``) writes ``<Prefix>/<map run id>/manifest.json`` and
+  ``SUCCEEDED_0.json`` / ``FAILED_0.json`` (AWS's layout and field names) to the lake and returns
+  ``{"MapRunArn", "ResultWriterDetails": {"Bucket", "Key"}}``; without it, the array of child
+  outputs.
+
+What differs from AWS: the execution history shows a ``TaskStateEntered``/``TaskSucceeded`` on
+the local function where AWS records ``MapStateEntered`` and ``MapRun*`` events; the parameters
+are resolved with plain ``$.a.b`` paths (no intrinsic functions or ``$$`` in the Map's own
+fields), and a path that does not resolve fails the state with a catchable error where AWS
+raises ``States.Runtime``; ``ItemSelector``, CSV items and ``MaxItems`` are refused; stopping the
+parent stops starting children but does not stop running ones (an in-process handler cannot be
+interrupted); child executions are named ``<index>-<uuid>`` and their history is not followed
+(``on_map_event`` reports each batch instead).
 """
 
 from __future__ import annotations
@@ -37,11 +72,18 @@ from typing import Any
 from unittest import mock
 
 from functions.common.context import LocalLambdaContext
-from state_machine.definition import render
+from state_machine.definition import PIPELINE, SUBSTITUTIONS_OF, render
 
 REGION = "us-east-1"
 ACCOUNT = "123456789012"
 STATE_MACHINE_NAME = "crypto-etl-pipeline"
+# Definition name (state_machine.definition) -> the local state machine's name.
+STATE_MACHINE_NAMES: dict[str, str] = {
+    "pipeline": STATE_MACHINE_NAME,
+    "backfill": "crypto-etl-backfill",
+}
+# The local function that runs a Distributed Map's items (see the module docstring).
+MAP_FUNCTION = "distributed-map"
 TOPIC_NAME = "crypto-etl-alerts"
 
 Handler = Callable[[dict[str, Any], Any], dict[str, Any]]
@@ -203,6 +245,58 @@ def signal_execution_end(on_end: Callable[[str], None]) -> Iterator[None]:
         yield
 
 
+@contextmanager
+def states_errors_from_the_map_function() -> Iterator[None]:
+    """Let the local map function fail with a ``States.*`` error name (as the Map state does on
+    AWS, e.g. ``States.ExceedToleratedFailureThreshold``), which moto refuses from a Lambda
+    (a custom error name may not start with ``States.``): the failure event then carries that
+    Step Functions error, so ``Catch`` matches it exactly as on AWS."""
+    from moto.stepfunctions.parser.asl.component.common.error_name.failure_event import (
+        FailureEvent,
+    )
+    from moto.stepfunctions.parser.asl.component.common.error_name.states_error_name import (
+        StatesErrorName,
+    )
+    from moto.stepfunctions.parser.asl.component.common.error_name.states_error_name_type import (
+        StatesErrorNameType,
+    )
+    from moto.stepfunctions.parser.asl.component.state.exec.state_task import lambda_eval_utils
+    from moto.stepfunctions.parser.asl.component.state.exec.state_task.state_task_lambda import (
+        StateTaskLambda,
+    )
+    from moto.stepfunctions.parser.asl.eval.event.event_detail import EventDetails
+
+    original = StateTaskLambda._from_error
+    names = {t.to_name(): t for t in StatesErrorNameType}
+
+    def from_error(self: Any, env: Any, ex: Exception) -> Any:
+        if isinstance(ex, lambda_eval_utils.LambdaFunctionErrorException):
+            try:
+                error = json.loads(ex.payload)["errorType"]
+            except (ValueError, KeyError, TypeError):
+                error = None
+            if error in names and MAP_FUNCTION in str(getattr(self, "resource", "")):
+                from moto.stepfunctions.parser.api import (
+                    HistoryEventType,
+                    LambdaFunctionFailedEventDetails,
+                )
+
+                return FailureEvent(
+                    env=env,
+                    error_name=StatesErrorName(typ=names[error]),
+                    event_type=HistoryEventType.LambdaFunctionFailed,
+                    event_details=EventDetails(
+                        lambdaFunctionFailedEventDetails=LambdaFunctionFailedEventDetails(
+                            error=error, cause=ex.payload
+                        )
+                    ),
+                )
+        return original(self, env, ex)
+
+    with mock.patch.object(StateTaskLambda, "_from_error", from_error):
+        yield
+
+
 def _zip_stub() -> bytes:
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:
@@ -219,11 +313,20 @@ class LocalStepFunctions:
         env: Mapping[str, str] | None = None,
         retry_sleep: Callable[[float], None] | None = None,
         timeouts: Mapping[str, float] | None = None,
+        definition: str = PIPELINE,
     ) -> None:
         """``handlers``: function name -> handler (default: the real ones); ``env``: extra
         environment variables while deployed; ``retry_sleep``: replaces the interpreter's
         sleep between Retry attempts (seconds); ``timeouts``: Lambda timeouts in seconds for
-        the functions named, overriding ``FUNCTION_TIMEOUTS`` (ValueError if not > 0)."""
+        the functions named, overriding ``FUNCTION_TIMEOUTS`` (ValueError if not > 0);
+        ``definition``: which state machine to deploy, ``pipeline`` or ``backfill``
+        (state_machine.definition; KeyError for another)."""
+        if definition not in SUBSTITUTIONS_OF:
+            raise KeyError(f"no state machine {definition!r}: one of {sorted(SUBSTITUTIONS_OF)}")
+        self.definition_name = definition
+        self._maps: dict[str, DistributedMap] = {}
+        self._on_map_event: Callable[[MapEvent], None] | None = None
+        self._any_end = threading.Condition()
         self._handlers = dict(handlers) if handlers is not None else None
         self._env = dict(env or {})
         self._retry_sleep = retry_sleep
@@ -268,11 +371,13 @@ class LocalStepFunctions:
                         retrier_decl, "time", SimpleNamespace(sleep=self._retry_sleep)
                     )
                 )
-            handlers = self._handlers if self._handlers is not None else default_handlers()
+            handlers = dict(self._handlers if self._handlers is not None else default_handlers())
+            handlers[MAP_FUNCTION] = self._run_map
             self.invocations = stack.enter_context(
                 dispatch_lambda_in_process(handlers, self.timeouts, on_invoke=self.catch_up)
             )
-            stack.enter_context(signal_execution_end(lambda arn: self._end_event(arn).set()))
+            stack.enter_context(signal_execution_end(self._signal_end))
+            stack.enter_context(states_errors_from_the_map_function())
             self._deploy()
         except BaseException:
             stack.close()
@@ -329,9 +434,28 @@ class LocalStepFunctions:
             Endpoint=queue_arn,
             Attributes={"RawMessageDelivery": "true"},
         )
-        self.definition = render(subs)
+        needed = SUBSTITUTIONS_OF[self.definition_name]
+        rendered = render({k: v for k, v in subs.items() if k in needed}, self.definition_name)
+        self.role_arn = role_arn
+        self.state_machine_name = STATE_MACHINE_NAMES[self.definition_name]
+        asl = json.loads(rendered)
+        if distributed_map_states(asl):
+            map_arn = lam.create_function(
+                FunctionName=MAP_FUNCTION,
+                Runtime="python3.12",
+                Role=role_arn,
+                Handler="state_machine.local_runner.DistributedMap",
+                Code={"ZipFile": code},
+                Timeout=900,  # nominal: moto does not enforce it, the map runs as long as needed
+            )["FunctionArn"]
+            asl, maps = localize_distributed_maps(asl, map_arn)
+            for state_name, state in maps.items():
+                self._maps[state_name] = DistributedMap(self, state_name, state)
+        # What the local interpreter runs (== the rendered file unless it has a Distributed Map).
+        self.definition = json.dumps(asl, indent=2) if self._maps else rendered
+        self.rendered_definition = rendered
         self.state_machine_arn = self.sfn.create_state_machine(
-            name=STATE_MACHINE_NAME, definition=self.definition, roleArn=role_arn
+            name=self.state_machine_name, definition=self.definition, roleArn=role_arn
         )["stateMachineArn"]
 
     def alerts(self) -> list[dict[str, Any]]:
@@ -353,6 +477,30 @@ class LocalStepFunctions:
         with self._ended_lock:
             return self._ended.setdefault(arn, threading.Event())
 
+    def _signal_end(self, arn: str) -> None:
+        self._end_event(arn).set()
+        with self._any_end:
+            self._any_end.notify_all()
+
+    def wait_any(self, arns: list[str], timeout: float) -> list[str]:
+        """The executions of ``arns`` whose thread has ended, waiting up to ``timeout`` seconds
+        for at least one (an empty list when none ended in time)."""
+
+        def ended() -> list[str]:
+            return [a for a in arns if self._end_event(a).is_set()]
+
+        with self._any_end:
+            self._any_end.wait_for(lambda: bool(ended()), timeout=timeout)
+        return ended()
+
+    def _run_map(self, event: dict[str, Any], context: Any) -> Any:
+        """The ``distributed-map`` function: run the named Map state's items (DistributedMap)."""
+        state = event.get("map_state")
+        runner = self._maps.get(state) if isinstance(state, str) else None
+        if runner is None:
+            raise KeyError(f"no Distributed Map state {state!r} in this definition")
+        return runner.run(event.get("input"), event.get("execution") or {}, self._on_map_event)
+
     def execute(
         self,
         execution_input: Mapping[str, Any],
@@ -360,6 +508,7 @@ class LocalStepFunctions:
         on_event: Callable[[StateEvent], None] | None = None,
         poll_seconds: float = 0.5,
         timeout_seconds: float = 3600.0,
+        on_map_event: Callable[[MapEvent], None] | None = None,
     ) -> ExecutionResult:
         """Start an execution and follow it to the end, reporting progress per state.
 
@@ -368,11 +517,14 @@ class LocalStepFunctions:
         that runs again reported again) before each Lambda invocation, every ``poll_seconds``
         while waiting, and at the end. Past ``timeout_seconds`` the execution is stopped
         (status ABORTED once the running handler returns: an in-process handler cannot be
-        interrupted). ``state_outputs`` holds each state's last output.
+        interrupted). ``state_outputs`` holds each state's last output. ``on_map_event`` is
+        called (from the map's thread) as each Distributed Map starts, and as each of its
+        batches (child executions) starts and ends.
         """
         started = time.monotonic()
         deadline = started + timeout_seconds
         name = name or f"local-{uuid.uuid4().hex[:12]}"
+        self._on_map_event = on_map_event
         arn = self.sfn.start_execution(
             stateMachineArn=self.state_machine_arn, name=name, input=json.dumps(execution_input)
         )["executionArn"]
@@ -394,6 +546,7 @@ class LocalStepFunctions:
             history = follower.catch_up()
         finally:
             self._follower = None
+            self._on_map_event = None
         if desc["status"] == "RUNNING":  # the thread ended without recording a final status
             desc = {
                 **desc,
@@ -418,6 +571,11 @@ class LocalStepFunctions:
         # (the Fail state's) is the original one even when recording it failed.
         error = desc.get("error") or (pass_out.get("error") or {}).get("Error")
         cause = desc.get("cause") or (pass_out.get("error") or {}).get("Cause")
+        if error == "States.Runtime" and _STATES_PREFIX_REFUSED in (cause or ""):
+            # moto's Fail state refuses to re-raise a Step Functions error name it caught
+            # (e.g. the map's States.ExceedToleratedFailureThreshold): report the caught one.
+            error = (pass_out.get("error") or {}).get("Error") or error
+            cause = (pass_out.get("error") or {}).get("Cause") or cause
         run_log = None
         for state in ("Failure not recorded", "Record failure"):
             if isinstance((state_outputs.get(state) or {}).get("run_log"), dict):
@@ -532,3 +690,391 @@ def _state_of(ev: dict[str, Any], history: list[dict[str, Any]]) -> str:
             return details["name"]
         cur = by_id.get(cur.get("previousEventId"))
     return "?"
+
+
+# -- the Distributed Map, run locally (see the module docstring) ---------------------------------
+
+# moto's message when a Fail state's ErrorPath names a ``States.*`` error.
+_STATES_PREFIX_REFUSED = "Custom Error Names MUST NOT begin with the prefix 'States.'"
+# The error a Map Run fails with past its tolerated failures (Step Functions' "Error names").
+TOLERATED_FAILURE_ERROR = "States.ExceedToleratedFailureThreshold"
+# Map-state fields the local function carries over to the Task that replaces the Map.
+_KEPT_FIELDS = (
+    "Comment",
+    "InputPath",
+    "ResultPath",
+    "ResultSelector",
+    "OutputPath",
+    "Retry",
+    "Catch",
+    "Next",
+    "End",
+    "TimeoutSeconds",
+)
+
+
+class MapRunError(Exception):
+    """A Map Run failure; ``error`` is the Step Functions error name it is reported under."""
+
+    def __init__(self, error: str, message: str) -> None:
+        super().__init__(message)
+        self.error = error
+
+
+class LocalMapError(Exception):
+    """The Map state asks for something the local runner does not do (see the module docstring)."""
+
+
+def _named_error(error: str, message: str) -> Exception:
+    # Lambda reports an unhandled exception's class name as the error: give it the AWS name.
+    return type(error, (Exception,), {})(message)
+
+
+@dataclass
+class MapEvent:
+    """Progress of a Distributed Map run locally.
+
+    ``kind``: ``"started"`` (``batches``, ``items`` known), ``"batch_started"`` or
+    ``"batch_done"`` (``index`` 0-based, ``batch_items``; for done: ``status`` SUCCEEDED |
+    FAILED | ABORTED | TIMED_OUT, ``output`` the child's output, ``error``/``cause``).
+    """
+
+    kind: str
+    state: str
+    batches: int
+    items: int
+    index: int | None = None
+    batch_items: list[Any] = field(default_factory=list)
+    status: str | None = None
+    output: Any = None
+    error: str | None = None
+    cause: str | None = None
+
+
+def distributed_map_states(asl: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """The top-level states of ``asl`` that are Distributed Maps, by name."""
+    return {
+        name: state
+        for name, state in asl.get("States", {}).items()
+        if state.get("Type") == "Map"
+        and (state.get("ItemProcessor") or {}).get("ProcessorConfig", {}).get("Mode")
+        == "DISTRIBUTED"
+    }
+
+
+def localize_distributed_maps(
+    asl: Mapping[str, Any], function_arn: str
+) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """``(definition, maps)``: ``asl`` with each Distributed Map state replaced by a Task on the
+    local map function ``function_arn`` (its flow fields kept), and the replaced states by name.
+
+    The Task's input is ``{"map_state": name, "input": <state input>, "execution": {...}}``; its
+    result is what the Map's would be (then ``ResultSelector``/``ResultPath`` apply as written).
+    """
+    maps = distributed_map_states(asl)
+    states = dict(asl["States"])
+    for name, state in maps.items():
+        task: dict[str, Any] = {
+            "Type": "Task",
+            "Resource": function_arn,
+            "Parameters": {
+                "map_state": name,
+                "input.$": "$",
+                "execution": {"name.$": "$$.Execution.Name", "id.$": "$$.Execution.Id"},
+            },
+        }
+        task.update({k: state[k] for k in _KEPT_FIELDS if k in state})
+        states[name] = task
+    return {**asl, "States": states}, maps
+
+
+def resolve_path(path: str, data: Any, field_name: str) -> Any:
+    """The value at a plain JSONPath ``$``, ``$.a.b`` in ``data``.
+
+    Raises MapRunError (``States.Runtime``) naming ``field_name`` when it does not resolve, and
+    LocalMapError for anything but dotted member names (filters, indexes, ``$$``, intrinsics).
+    """
+    if path == "$":
+        return data
+    if not path.startswith("$.") or any(c in path for c in "[]*?()'\" "):
+        raise LocalMapError(f"{field_name}: the local runner resolves only $.a.b paths: {path!r}")
+    value = data
+    for part in path[2:].split("."):
+        if not isinstance(value, dict) or part not in value:
+            raise MapRunError(
+                "States.Runtime",
+                f"{field_name}: the JSONPath {path!r} could not be found in the state input",
+            )
+        value = value[part]
+    return value
+
+
+def resolve_template(template: Any, data: Any, field_name: str) -> Any:
+    """A Parameters-style template with ``"key.$": "$.path"`` members resolved against ``data``."""
+    if isinstance(template, dict):
+        out: dict[str, Any] = {}
+        for key, value in template.items():
+            if key.endswith(".$"):
+                if not isinstance(value, str):
+                    raise LocalMapError(f"{field_name}.{key}: a path must be a string")
+                out[key[:-2]] = resolve_path(value, data, f"{field_name}.{key}")
+            else:
+                out[key] = resolve_template(value, data, f"{field_name}.{key}")
+        return out
+    if isinstance(template, list):
+        return [resolve_template(v, data, field_name) for v in template]
+    return template
+
+
+def _number(state: Mapping[str, Any], name: str, data: Any, default: float) -> float:
+    """``state[name]`` or the value at ``state[name + "Path"]`` (a number), else ``default``."""
+    if name in state:
+        value = state[name]
+    elif f"{name}Path" in state:
+        value = resolve_path(state[f"{name}Path"], data, f"{name}Path")
+    else:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise MapRunError("States.Runtime", f"{name} must be a number >= 0, got {value!r}")
+    return value
+
+
+def _iso(value: Any) -> str | None:
+    return value.isoformat() if isinstance(value, datetime) else None
+
+
+class DistributedMap:
+    """One Distributed Map state, run by the local runner (module docstring: what differs)."""
+
+    def __init__(
+        self, runner: LocalStepFunctions, state_name: str, state: Mapping[str, Any]
+    ) -> None:
+        unsupported = [k for k in ("ItemSelector", "ItemsPath", "Parameters") if k in state]
+        reader = state.get("ItemReader") or {}
+        config = reader.get("ReaderConfig") or {}
+        if config.get("InputType", "JSON") != "JSON" or "MaxItems" in config:
+            unsupported.append("ItemReader.ReaderConfig (only InputType JSON, no MaxItems)")
+        if reader and reader.get("Resource") != "arn:aws:states:::s3:getObject":
+            unsupported.append(f"ItemReader.Resource {reader.get('Resource')!r}")
+        if unsupported:
+            raise LocalMapError(f"Map state {state_name!r}: not run locally: {unsupported}")
+        self.runner = runner
+        self.state_name = state_name
+        self.state = dict(state)
+        processor = dict(state["ItemProcessor"])
+        processor.pop("ProcessorConfig", None)
+        safe = "".join(c if c.isalnum() or c in "-_" else "-" for c in state_name)
+        self.child_name = f"{runner.state_machine_name}-{safe}-items"[:80]
+        self.child_arn = runner.sfn.create_state_machine(
+            name=self.child_name, definition=json.dumps(processor), roleArn=runner.role_arn
+        )["stateMachineArn"]
+
+    def _storage(self, bucket: Any) -> Any:
+        from functions.common.storage import storage_from_env
+
+        storage = storage_from_env()
+        if bucket != storage.bucket:
+            raise MapRunError(
+                "States.Runtime", f"bucket {bucket!r} is not the lake's ({storage.bucket!r})"
+            )
+        return storage
+
+    def _items(self, data: Any) -> list[Any]:
+        reader = self.state.get("ItemReader")
+        if reader is None:
+            raise LocalMapError(f"Map state {self.state_name!r}: no ItemReader")
+        params = resolve_template(reader.get("Parameters") or {}, data, "ItemReader.Parameters")
+        storage = self._storage(params.get("Bucket"))
+        body = storage.get_bytes(str(params.get("Key")))
+        try:
+            items = json.loads(body)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise MapRunError(
+                "States.ItemReaderFailed", f"{params.get('Key')} is not valid JSON: {exc}"
+            ) from None
+        if not isinstance(items, list):
+            raise MapRunError("States.ItemReaderFailed", f"{params.get('Key')} is not an array")
+        return items
+
+    def _batches(self, items: list[Any], data: Any) -> list[dict[str, Any]]:
+        batcher = self.state.get("ItemBatcher")
+        if batcher is None:
+            return list(items)
+        size = int(_number(batcher, "MaxItemsPerBatch", data, 0)) or len(items) or 1
+        batch_input = resolve_template(batcher.get("BatchInput") or {}, data, "BatchInput")
+        return [
+            {"Items": items[i : i + size], **({"BatchInput": batch_input} if batch_input else {})}
+            for i in range(0, len(items), size)
+        ]
+
+    def run(
+        self,
+        data: Any,
+        execution: Mapping[str, Any],
+        on_event: Callable[[MapEvent], None] | None = None,
+    ) -> Any:
+        """Run the items of the map for the state input ``data``; return the Map's result.
+
+        Raises MapRunError / LocalMapError (reported as the Task's error, named as on AWS).
+        """
+        try:
+            return self._run(data, execution, on_event)
+        except MapRunError as exc:
+            raise _named_error(exc.error, str(exc)) from None
+
+    def _run(
+        self,
+        data: Any,
+        execution: Mapping[str, Any],
+        on_event: Callable[[MapEvent], None] | None,
+    ) -> Any:
+        sfn = self.runner.sfn
+        items = self._items(data)
+        inputs = self._batches(items, data)
+        batched = "ItemBatcher" in self.state
+        sizes = [len(b["Items"]) if batched else 1 for b in inputs]
+        concurrency = int(_number(self.state, "MaxConcurrency", data, 0)) or len(inputs) or 1
+        tolerated_pct = _number(self.state, "ToleratedFailurePercentage", data, 0)
+        tolerated_count = _number(self.state, "ToleratedFailureCount", data, 0)
+        run_id = str(uuid.uuid4())
+        label = self.state.get("Label", self.state_name)
+        map_run_arn = (
+            f"arn:aws:states:{REGION}:{ACCOUNT}:mapRun:"
+            f"{self.runner.state_machine_name}/{label}:{run_id}"
+        )
+
+        def emit(event: MapEvent) -> None:
+            if on_event is not None:
+                on_event(event)
+
+        emit(MapEvent("started", self.state_name, len(inputs), len(items)))
+        records: list[dict[str, Any] | None] = [None] * len(inputs)
+        running: dict[str, int] = {}
+        next_index, failed_items = 0, 0
+        exceeded = False
+        while next_index < len(inputs) or running:
+            while not exceeded and next_index < len(inputs) and len(running) < concurrency:
+                index = next_index
+                next_index += 1
+                name = f"{index:05d}-{uuid.uuid4().hex[:16]}"
+                arn = sfn.start_execution(
+                    stateMachineArn=self.child_arn, name=name, input=json.dumps(inputs[index])
+                )["executionArn"]
+                running[arn] = index
+                emit(
+                    MapEvent(
+                        "batch_started",
+                        self.state_name,
+                        len(inputs),
+                        len(items),
+                        index=index,
+                        batch_items=inputs[index]["Items"] if batched else [inputs[index]],
+                    )
+                )
+            if not running:
+                break
+            for arn in self.runner.wait_any(list(running), timeout=1.0):
+                index = running.pop(arn)
+                desc = sfn.describe_execution(executionArn=arn)
+                record = {
+                    "ExecutionArn": arn,
+                    "Input": json.dumps(inputs[index]),
+                    "InputDetails": {"Included": True},
+                    "Name": desc.get("name"),
+                    "Output": desc.get("output"),
+                    "OutputDetails": {"Included": desc.get("output") is not None},
+                    "RedriveCount": 0,
+                    "RedriveStatus": "NOT_REDRIVABLE",
+                    "RedriveStatusReason": "Execution is SUCCEEDED and cannot be redriven"
+                    if desc["status"] == "SUCCEEDED"
+                    else "Local runner: redrive not supported",
+                    "StartDate": _iso(desc.get("startDate")),
+                    "StateMachineArn": self.child_arn,
+                    "Status": desc["status"],
+                    "StopDate": _iso(desc.get("stopDate")),
+                }
+                if desc["status"] != "SUCCEEDED":
+                    record["Error"] = desc.get("error")
+                    record["Cause"] = desc.get("cause")
+                    failed_items += sizes[index]
+                records[index] = record
+                output = json.loads(desc["output"]) if desc.get("output") else None
+                emit(
+                    MapEvent(
+                        "batch_done",
+                        self.state_name,
+                        len(inputs),
+                        len(items),
+                        index=index,
+                        batch_items=inputs[index]["Items"] if batched else [inputs[index]],
+                        status=desc["status"],
+                        output=output,
+                        error=desc.get("error"),
+                        cause=desc.get("cause"),
+                    )
+                )
+                over_pct = items and failed_items * 100.0 / len(items) > tolerated_pct
+                if failed_items and (over_pct and failed_items > tolerated_count):
+                    exceeded = True
+            if not exceeded and self._parent_stopped(execution):
+                exceeded = True  # stop starting children; the running ones finish
+        if exceeded:
+            if failed_items:
+                raise MapRunError(
+                    TOLERATED_FAILURE_ERROR,
+                    f"The specified tolerated failure threshold was exceeded: {failed_items} of"
+                    f" {len(items)} items failed (tolerated {tolerated_pct:g}%,"
+                    f" {tolerated_count:g} items)",
+                )
+            raise MapRunError("States.Runtime", "the execution was stopped")
+        done = [r for r in records if r is not None]
+        if "ResultWriter" not in self.state:
+            return [json.loads(r["Output"]) if r.get("Output") else None for r in done]
+        return self._write_results(data, map_run_arn, run_id, done)
+
+    def _parent_stopped(self, execution: Mapping[str, Any]) -> bool:
+        arn = execution.get("id")
+        if not isinstance(arn, str):
+            return False
+        try:
+            status = self.runner.sfn.describe_execution(executionArn=arn)["status"]
+        except Exception:  # not an execution moto knows: keep going
+            return False
+        return status != "RUNNING"
+
+    def _write_results(
+        self, data: Any, map_run_arn: str, run_id: str, records: list[dict[str, Any]]
+    ) -> dict[str, Any]:
+        writer = self.state["ResultWriter"]
+        if writer.get("Resource") != "arn:aws:states:::s3:putObject":
+            raise LocalMapError(f"ResultWriter.Resource {writer.get('Resource')!r}")
+        params = resolve_template(writer.get("Parameters") or {}, data, "ResultWriter.Parameters")
+        storage = self._storage(params.get("Bucket"))
+        prefix = str(params.get("Prefix") or "")
+        if prefix and not prefix.endswith("/"):
+            prefix += "/"
+        base = f"{prefix}{run_id}/"
+        files: dict[str, list[dict[str, Any]]] = {"FAILED": [], "PENDING": [], "SUCCEEDED": []}
+        for status, wanted in (("SUCCEEDED", {"SUCCEEDED"}), ("FAILED", None)):
+            chosen = [
+                r
+                for r in records
+                if (r["Status"] in wanted if wanted else r["Status"] != "SUCCEEDED")
+            ]
+            if not chosen:
+                continue
+            key = f"{base}{status}_0.json"
+            body = json.dumps(chosen).encode()
+            storage.put_bytes(key, body, "application/json")
+            files[status].append({"Key": key, "Size": len(body)})
+        manifest_key = f"{base}manifest.json"
+        manifest = {
+            "DestinationBucket": storage.bucket,
+            "MapRunArn": map_run_arn,
+            "ResultFiles": files,
+        }
+        storage.put_bytes(manifest_key, json.dumps(manifest).encode(), "application/json")
+        return {
+            "MapRunArn": map_run_arn,
+            "ResultWriterDetails": {"Bucket": storage.bucket, "Key": manifest_key},
+        }

@@ -9,6 +9,9 @@ execution attempt, so a failed re-run never overwrites the files of the run that
     processed/dt=D/snapshot=<id>/run=R/crypto_data.csv.gz
     rejected/dt=D/snapshot=<id>/run=R/rejected.csv.gz
     snapshots/<id>.json          the snapshot index: its partition date and the run now loaded
+    raw/history/backfill=<B>/items.json             a backfill's plan: its coins, in order
+    raw/history/backfill=<B>/coins/<coin id>.json   one coin's /market_chart body as received
+    raw/history/backfill=<B>/results/...            the Distributed Map's ResultWriter files
 
 Every validator matches the whole string (``re.fullmatch``: ``$`` would accept a final newline).
 """
@@ -27,10 +30,14 @@ RAW = "raw/"
 PROCESSED = "processed/"
 REJECTED = "rejected/"
 SNAPSHOTS = "snapshots/"
+HISTORY = "raw/history/"
 
 # Snapshot and run ids: they become key segments and SQL literals.
 _SAFE_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,79}")
 _BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]")
+# CoinGecko API ids ("bitcoin", "usd-coin", "0x", "wrapped-steth"): lower-case letters, digits
+# and '-' as listed by /coins/list; '.' and '_' are accepted too (key- and URL-safe).
+_COIN_ID_RE = re.compile(r"[a-z0-9][a-z0-9._\-]{0,127}")
 
 
 def _safe_name(value: object, field: str) -> str:
@@ -133,3 +140,40 @@ def rejected_key(snapshot_id: str, partition_date: date, run: str) -> str:
 def snapshot_index_key(snapshot_id: str) -> str:
     """``snapshots/<id>.json``: the snapshot's partition date and the run now loaded."""
     return f"{SNAPSHOTS}{validate_snapshot_id(snapshot_id)}.json"
+
+
+def validate_coin_id(value: object, field: str = "coin_id") -> str:
+    """Return ``value`` if it is a safe CoinGecko coin id (1-128 of ``a-z 0-9 . _ -``, starting
+    with a letter or digit, no ``..``): it becomes a URL path segment and a key segment."""
+    if not isinstance(value, str) or not _COIN_ID_RE.fullmatch(value) or ".." in value:
+        raise ValidationError(
+            field,
+            f"{value!r:.140} must be a CoinGecko coin id: 1-128 lower-case letters, digits, "
+            "'.', '_' or '-' starting with a letter or digit",
+        )
+    return value
+
+
+def validate_backfill_id(value: object, field: str = "backfill_id") -> str:
+    """Return ``value`` if it is a safe backfill id (the snapshot id rule), else raise."""
+    return _safe_name(value, field)
+
+
+def history_prefix(backfill_id: str) -> str:
+    """``raw/history/backfill=<id>/``: every file of one backfill lives under it."""
+    return f"{HISTORY}backfill={validate_backfill_id(backfill_id)}/"
+
+
+def history_items_key(backfill_id: str) -> str:
+    """The backfill's plan: a JSON array of ``{"coin_id", "rank"}`` (the Map's ItemReader)."""
+    return f"{history_prefix(backfill_id)}items.json"
+
+
+def history_results_prefix(backfill_id: str) -> str:
+    """Where the Distributed Map's ResultWriter writes its manifest and result files."""
+    return f"{history_prefix(backfill_id)}results/"
+
+
+def history_coin_key(backfill_id: str, coin_id: str) -> str:
+    """One coin's ``/coins/{id}/market_chart`` body, exactly as received."""
+    return f"{history_prefix(backfill_id)}coins/{validate_coin_id(coin_id)}.json"

@@ -1,9 +1,13 @@
 """CoinGecko error bodies (pure; no network).
 
-CoinGecko answers errors with one of two shapes (as recorded from the live API)::
+CoinGecko answers errors with one of these shapes (the first two as recorded from the live API;
+the third is its answer to a history range beyond the plan, HTTP 401, as quoted in
+github.com/SixPM-Software/waxtax/pull/8 and ghostfolio/ghostfolio#3231)::
 
     {"error": "Missing parameter vs_currency"}
     {"status": {"error_code": 429, "error_message": "You've exceeded the Rate Limit..."}}
+    {"error": {"status": {"error_code": 10012, "error_message": "Your request exceeds the
+               allowed time range. Public API users are limited to ... the past 365 days..."}}}
 
 ``error_code`` is an HTTP status for some errors (403, 429, 500...) and a CoinGecko code for
 others (10002 "API Key Missing", 10010/10011 "Invalid API Key", 10005 "no access").
@@ -22,6 +26,7 @@ COINGECKO_CODE_STATUS: dict[int, int] = {
     10011: 401,  # Invalid API Key (a demo key on the pro host)
     10005: 403,  # this plan may not access the endpoint
     1020: 403,  # access denied by the CDN firewall
+    10012: 401,  # a history range beyond the plan (public/demo: the past 365 days)
 }
 
 
@@ -64,6 +69,8 @@ def parse_error_body(obj: Any) -> ApiErrorBody | None:
         return ApiErrorBody(str(message) if message is not None else "", code)
     if "error" in obj and (len(obj) == 1 or "data" not in obj):
         error = obj["error"]
+        if isinstance(error, dict) and isinstance(error.get("status"), dict):
+            return parse_error_body({"status": error["status"]})  # {"error": {"status": ...}}
         if isinstance(error, dict):  # {"error": {"message": ...}} on some gateways
             error = error.get("message") or error.get("error") or json.dumps(error)
         return ApiErrorBody(str(error))

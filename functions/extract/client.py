@@ -80,6 +80,7 @@ import urllib3.exceptions
 from functions.common.errors import SourceError, SourceUnavailableError
 from functions.extract.api_errors import error_from_bytes, parse_error_body, snippet
 from functions.extract.config import ExtractConfig
+from functions.extract.history import market_chart_path, market_chart_query
 from functions.extract.pacing import SlidingWindowLimiter
 from functions.extract.paging import MARKETS_PATH, markets_query
 
@@ -321,6 +322,14 @@ class CoinGeckoClient:
                 status=resp.status,
             )
         return resp
+
+    def market_chart(self, coin_id: str, vs_currency: str, days: int | str) -> ApiResponse:
+        """``/coins/{id}/market_chart?vs_currency=..&days=D&interval=daily``; ``data`` is the
+        parsed object (``prices``, ``market_caps``, ``total_volumes``: ``[ms, value]`` pairs).
+        An unknown id is HTTP 404 (SourceError, not retried)."""
+        return self.get_json(
+            market_chart_path(coin_id), market_chart_query(vs_currency, days), expect=dict
+        )
 
     def ping(self) -> ApiResponse:
         """``/ping`` (``{"gecko_says": ...}``)."""

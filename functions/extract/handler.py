@@ -56,6 +56,7 @@ from functions.common.errors import ConfigError, CryptoEtlError, SourceError, Va
 from functions.common.log import get_logger
 from functions.common.snapshot_index import claim_partition_date
 from functions.common.storage import Storage, get_json, put_json, storage_from_env
+from functions.extract import backfill
 from functions.extract.client import ApiResponse, CoinGeckoClient
 from functions.extract.config import ExtractConfig, check_timeout_fits
 from functions.extract.pacing import SlidingWindowLimiter
@@ -402,7 +403,19 @@ def run(
     a small ``done: false`` record naming ``next_page`` when the deadline stopped paging.
     Raises ValidationError (bad event, or progress of a different request), SourceError
     (CoinGecko failed past its retries), ExtractDeadlineError (no page fitted in the time).
+
+    An event with an ``action`` (the history backfill's ``plan_backfill``/``fetch_history``)
+    goes to :func:`functions.extract.backfill.run_action` instead.
     """
+    if isinstance(event, Mapping) and event.get("action") is not None:
+        return backfill.run_action(
+            event,
+            config=config,
+            storage=storage,
+            client=client,
+            deadline=deadline,
+            margin_seconds=margin_seconds,
+        )
     request = parse_event(event)
     logger.append_keys(snapshot_id=request.snapshot_id)
     if request.ignored_input:

@@ -15,6 +15,9 @@ The ``record_failure`` action (the state machine's "Record failure" step, on the
 takes ``{"action": "record_failure", "failed_state", "error": {"Error", "Cause"}, "execution":
 {"name", "id", "start_time"}, "state_input"}`` and writes the execution's FAILED row
 (:func:`record_failure_run`); it touches neither CRYPTO_DATA nor the lake.
+
+The ``load_history`` action (the backfill state machine's last step) loads the backfill's
+``market_chart`` bodies into CRYPTO_PRICE_HISTORY: :mod:`functions.load.history`.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from functions.common.snapshot_index import switch_current
 from functions.common.storage import Storage, storage_from_env
 from functions.load import sql
 from functions.load.config import SnowflakeConfig
+from functions.load.history import ACTION_LOAD_HISTORY, load_history_run
 from functions.load.loader import (
     Coverage,
     FailureRecord,
@@ -496,8 +500,9 @@ def handler(event: dict, context: Any) -> dict:
     """Lambda entry point: configuration comes from the environment at call time.
 
     ``event["action"]`` picks the work: absent or ``"load"`` loads a snapshot (:func:`run`),
-    ``"record_failure"`` records a failed execution (:func:`record_failure_run`); any other
-    value raises ValidationError.
+    ``"record_failure"`` records a failed execution (:func:`record_failure_run`),
+    ``"load_history"`` loads a backfill's market_chart bodies into CRYPTO_PRICE_HISTORY
+    (:func:`functions.load.history.load_history_run`); any other value raises ValidationError.
     """
     logger.setLevel(os.environ.get("POWERTOOLS_LOG_LEVEL") or os.environ.get("LOG_LEVEL") or "INFO")
     logger.remove_keys(["snapshot_id"])
@@ -505,9 +510,15 @@ def handler(event: dict, context: Any) -> dict:
     action = keys.validate_object(event, "event").get("action")
     if action == ACTION_RECORD_FAILURE:
         return record_failure_run(event, config=lambda: SnowflakeConfig.from_env(env))
+    if action == ACTION_LOAD_HISTORY:
+        return load_history_run(
+            event, storage=storage_from_env(env), config=lambda: SnowflakeConfig.from_env(env)
+        )
     if action not in (None, ACTION_LOAD):
         raise ValidationError(
-            "action", f"{action!r} must be {ACTION_LOAD!r} (default) or {ACTION_RECORD_FAILURE!r}"
+            "action",
+            f"{action!r:.80} must be {ACTION_LOAD!r} (default), {ACTION_RECORD_FAILURE!r}"
+            f" or {ACTION_LOAD_HISTORY!r}",
         )
     return run(
         event,

@@ -42,7 +42,9 @@ TOP_MOVERS = "TOP_MOVERS"
 SNAPSHOT_FILTER = "SNAPSHOT_FILTER"
 MARKET_SNAPSHOTS = "MARKET_SNAPSHOTS"
 COIN_HISTORY = "COIN_HISTORY"
-TABLES = (CRYPTO_DATA, ASSET_DIM, ETL_RUNS)
+PRICE_HISTORY = "CRYPTO_PRICE_HISTORY"
+COIN_PRICE_SERIES = "COIN_PRICE_SERIES"
+TABLES = (CRYPTO_DATA, ASSET_DIM, ETL_RUNS, PRICE_HISTORY)
 # Reporting views in creation order (TOP_MOVERS reads LATEST_SNAPSHOT); columns: VIEW_COLUMNS.
 VIEWS = (
     DATE_DIM,
@@ -52,6 +54,7 @@ VIEWS = (
     COIN_HISTORY,
     DAILY_ROLLUP,
     TOP_MOVERS,
+    COIN_PRICE_SERIES,
 )
 
 # TOP_MOVERS ranks 24h price moves among the top coins by market cap, per direction.
@@ -117,10 +120,39 @@ COVERAGE_COLUMNS: tuple[str, ...] = (
     "COVERAGE_WARNING",
 )
 FAILURE_COLUMNS: tuple[str, ...] = ("FAILED_STATE", "ERROR_NAME", "ERROR_MESSAGE")
+
+# CRYPTO_PRICE_HISTORY: one row per coin, UTC date and quote currency from CoinGecko
+# /coins/{id}/market_chart?interval=daily (the backfill); key (COIN_ID, DATE, VS_CURRENCY).
+# PRICE, MARKET_CAP and TOTAL_VOLUME (24h volume) are in VS_CURRENCY, NULL where CoinGecko gave
+# null. Columns added by a later version go at the end and into ADDED_COLUMNS (nullable).
+HISTORY_SOURCE = "market_chart"
+HISTORY_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("COIN_ID", f"{_TYPES['COIN_ID']} NOT NULL"),
+    ("DATE", "DATE NOT NULL"),
+    ("VS_CURRENCY", f"{_TYPES['VS_CURRENCY']} NOT NULL"),
+    ("PRICE", "FLOAT"),
+    ("MARKET_CAP", "FLOAT"),
+    ("TOTAL_VOLUME", "FLOAT"),
+    ("SOURCE", "VARCHAR(32) NOT NULL"),
+    ("LOADED_AT", "TIMESTAMP_TZ NOT NULL"),
+)
+HISTORY_KEY: tuple[str, ...] = ("COIN_ID", "DATE", "VS_CURRENCY")
+HISTORY_VALUES: tuple[str, ...] = ("PRICE", "MARKET_CAP", "TOTAL_VOLUME")
+# The staged file's columns, in file order (SOURCE and LOADED_AT are set by the INSERT).
+HISTORY_FILE_COLUMNS: tuple[str, ...] = (*HISTORY_KEY, *HISTORY_VALUES)
+
 # Columns a table may lack because an older version created it, and that the load adds itself
 # (ALTER TABLE ... ADD COLUMN IF NOT EXISTS): nullable, so existing rows read NULL. A missing
 # column outside this list is an error for an operator.
-ADDED_COLUMNS: dict[str, tuple[str, ...]] = {ETL_RUNS: (*COVERAGE_COLUMNS, *FAILURE_COLUMNS)}
+ADDED_COLUMNS: dict[str, tuple[str, ...]] = {
+    ETL_RUNS: (*COVERAGE_COLUMNS, *FAILURE_COLUMNS),
+    PRICE_HISTORY: (),
+}
+# Each upgradable table's column definitions (where add_column finds a column's type).
+_COLUMN_TYPES: dict[str, dict[str, str]] = {
+    ETL_RUNS: dict(ETL_RUN_COLUMNS),
+    PRICE_HISTORY: dict(HISTORY_COLUMNS),
+}
 # Timestamps/dates are bound as ISO text and cast (CAST also passes NULL through on fakesnow,
 # where TO_TIMESTAMP_TZ(NULL) fails).
 _RUN_CASTS = {
@@ -270,6 +302,8 @@ def expected_columns(table: str) -> tuple[str, ...]:
         return (*DATA_COLUMN_NAMES, "LOADED_AT")
     if table == ETL_RUNS:
         return tuple(c for c, _ in ETL_RUN_COLUMNS)
+    if table == PRICE_HISTORY:
+        return tuple(c for c, _ in HISTORY_COLUMNS)
     if table == ASSET_DIM:
         return (
             "COIN_ID", "SYMBOL", "NAME", "IMAGE_URL", "FIRST_SEEN_AT", "LAST_SEEN_AT",
@@ -288,7 +322,7 @@ def add_column(n: Names, table: str, column: str) -> Statement:
     """
     if column not in ADDED_COLUMNS.get(table, ()):
         raise ValueError(f"{table}.{column} is not a column the load may add")
-    column_type = dict(ETL_RUN_COLUMNS)[column]  # ADDED_COLUMNS holds ETL_RUNS columns only
+    column_type = _COLUMN_TYPES[table][column]
     return Statement(
         f"add column {table}.{column}",
         f"ALTER TABLE {n.q(table)} ADD COLUMN IF NOT EXISTS {column} {column_type}",
@@ -319,9 +353,21 @@ def use_schema(n: Names) -> Statement:
     return Statement("use schema", f"USE SCHEMA {n.database}.{n.schema}")
 
 
+def create_price_history(n: Names) -> Statement:
+    """CRYPTO_PRICE_HISTORY (``HISTORY_COLUMNS``), key (COIN_ID, DATE, VS_CURRENCY)."""
+    cols = ",\n    ".join(f"{c} {t}" for c, t in HISTORY_COLUMNS)
+    return Statement(
+        f"create {PRICE_HISTORY}",
+        f"CREATE TABLE IF NOT EXISTS {n.q(PRICE_HISTORY)} (\n    {cols},\n"
+        f"    CONSTRAINT {PRICE_HISTORY}_PK PRIMARY KEY ({_cols(HISTORY_KEY)})\n)"
+        " COMMENT = 'One row per coin, UTC date and quote currency from CoinGecko"
+        " /coins/{id}/market_chart daily history (crypto-etl backfill)'",
+    )
+
+
 def create_tables(n: Names) -> list[Statement]:
-    """Idempotent DDL for the three tables."""
-    return [create_crypto_data(n), create_asset_dim(n), create_etl_runs(n)]
+    """Idempotent DDL for the tables, in ``TABLES`` order."""
+    return [create_crypto_data(n), create_asset_dim(n), create_etl_runs(n), create_price_history(n)]
 
 
 # --- Views (reporting; also written out as looker/views.sql) ----------------------------------
@@ -430,7 +476,11 @@ VIEW_COLUMNS: dict[str, tuple[str, ...]] = {
         "MARKET_CAP_RANK", "CURRENT_PRICE", "MARKET_CAP", "TOTAL_VOLUME", "PRICE_CHANGE_24H",
         "PRICE_CHANGE_PERCENTAGE_24H", "DIRECTION", "MOVE_RANK",
     ),
+    COIN_PRICE_SERIES: (
+        "COIN_ID", "DATE", "VS_CURRENCY", "PRICE", "MARKET_CAP", "TOTAL_VOLUME", "SOURCE",
+    ),
 }  # fmt: skip
+SERIES_SOURCE_SNAPSHOT = "snapshot"  # COIN_PRICE_SERIES.SOURCE of a day from the snapshots
 
 
 def create_views(n: Names) -> list[Statement]:
@@ -637,7 +687,47 @@ FROM (
 WHERE M.MOVE_RANK <= {TOP_MOVERS_PER_SIDE}
 """,
     )
+    price_history = n.q(PRICE_HISTORY)
+    # The snapshots' side is the day's close row, ordered exactly as DAILY_ROLLUP's CLOSE_ROW
+    # (so PRICE and MARKET_CAP equal its CLOSE_PRICE and CLOSE_MARKET_CAP): the same "last
+    # point of the day" rule as the history's daily series.
+    series = _view(
+        n,
+        COIN_PRICE_SERIES,
+        "One series per coin and currency: one row per UTC date, from CoinGecko market_chart"
+        " history (SOURCE market_chart) and, on dates without history, the close of the day"
+        " snapshots (SOURCE snapshot)",
+        f"""
+SELECT COIN_ID, DATE, VS_CURRENCY, PRICE, MARKET_CAP, TOTAL_VOLUME, SOURCE
+FROM {price_history}
+UNION ALL
+SELECT
+    C.COIN_ID,
+    C.FETCH_DATE AS DATE,
+    C.VS_CURRENCY,
+    C.CURRENT_PRICE AS PRICE,
+    C.MARKET_CAP,
+    C.TOTAL_VOLUME,
+    '{SERIES_SOURCE_SNAPSHOT}' AS SOURCE
+FROM (
+    SELECT
+        FETCH_DATE, VS_CURRENCY, COIN_ID, CURRENT_PRICE, MARKET_CAP, TOTAL_VOLUME,
+        ROW_NUMBER() OVER (
+            {day}
+            ORDER BY FETCHED_AT DESC NULLS LAST, LOADED_AT DESC NULLS LAST, SNAPSHOT_ID DESC
+        ) AS CLOSE_ROW
+    FROM {data}
+    WHERE FETCH_DATE IS NOT NULL AND VS_CURRENCY IS NOT NULL
+) AS C
+WHERE C.CLOSE_ROW = 1
+  AND NOT EXISTS (
+    SELECT 1 FROM {price_history} AS H
+    WHERE H.COIN_ID = C.COIN_ID AND H.DATE = C.FETCH_DATE AND H.VS_CURRENCY = C.VS_CURRENCY
+)
+""",
+    )
     built = {
+        COIN_PRICE_SERIES: series,
         DATE_DIM: date_dim,
         SNAPSHOT_FILTER: snapshot_filter,
         LATEST_SNAPSHOT: latest,
@@ -855,6 +945,104 @@ WHEN NOT MATCHED THEN INSERT (
     S.COIN_ID, S.SYMBOL, S.NAME, S.IMAGE_URL, S.FETCHED_AT, S.FETCHED_AT,
     S.SNAPSHOT_ID, S.SNAPSHOT_ID, S.MARKET_CAP_RANK
 )""",
+    )
+
+
+# --- CRYPTO_PRICE_HISTORY (the backfill's load) ------------------------------------------------
+#
+# The same emulator-safe pattern as CRYPTO_DATA: a TEMPORARY staging table, PUT, COPY (outside
+# any transaction), then one transaction of constant statements whatever the row count. A key
+# whose staged values equal the stored ones is left alone (its LOADED_AT too), so re-running a
+# range changes nothing; a key with other values is replaced (DELETE + INSERT); a new key is
+# inserted.
+
+_HISTORY_TYPES = dict(HISTORY_COLUMNS)
+
+
+def create_history_staging_table(table: str) -> Statement:
+    """A session-scoped table shaped like the history file (``HISTORY_FILE_COLUMNS``)."""
+    cols = ", ".join(
+        f"{c} {_HISTORY_TYPES[c].removesuffix(' NOT NULL')}" for c in HISTORY_FILE_COLUMNS
+    )
+    return Statement(
+        "create history staging table",
+        f"CREATE TEMPORARY TABLE {validate_identifier(table, 'staging table')} ({cols})",
+    )
+
+
+def copy_history_into_staging(table: str, stage: str) -> Statement:
+    """CSV with a header row, NULL = empty field, text quoted, dates pinned; FORCE (retries)."""
+    return Statement(
+        "copy history into staging",
+        f"COPY INTO {validate_identifier(table, 'staging table')}"
+        f" FROM @{validate_identifier(stage, 'stage')}"
+        " FILE_FORMAT = (TYPE = CSV SKIP_HEADER = 1 FIELD_OPTIONALLY_ENCLOSED_BY = '\"'"
+        " NULL_IF = ('') EMPTY_FIELD_AS_NULL = TRUE COMPRESSION = GZIP"
+        f" ESCAPE_UNENCLOSED_FIELD = NONE DATE_FORMAT = '{COPY_DATE_FORMAT}')"
+        " ON_ERROR = ABORT_STATEMENT FORCE = TRUE",
+    )
+
+
+def history_staging_profile(table: str) -> Statement:
+    """(rows, distinct keys, rows with the whole key, distinct coins) of the staging table."""
+    stg = validate_identifier(table, "staging table")
+    key = _cols(HISTORY_KEY)
+    whole = " AND ".join(f"{c} IS NOT NULL" for c in HISTORY_KEY)
+    return Statement(
+        "check history staging",
+        f"SELECT (SELECT COUNT(*) FROM {stg}),"
+        f" (SELECT COUNT(*) FROM (SELECT DISTINCT {key} FROM {stg}) AS K),"
+        f" (SELECT COUNT(*) FROM {stg} WHERE {whole}),"
+        f" (SELECT COUNT(DISTINCT COIN_ID) FROM {stg})",
+    )
+
+
+def _history_match(h: str, s: str) -> str:
+    return " AND ".join(f"{h}.{c} = {s}.{c}" for c in HISTORY_KEY)
+
+
+def _history_differs(h: str, s: str) -> str:
+    """True when a stored row's values (or source) are not the staged ones (NULL-safe)."""
+    values = [f"{h}.{c} IS DISTINCT FROM {s}.{c}" for c in HISTORY_VALUES]
+    return "(" + " OR ".join([*values, f"{h}.SOURCE <> %(source)s"]) + ")"
+
+
+def count_history_changes(n: Names, staging: str) -> Statement:
+    """(staged keys not stored yet, staged keys stored with other values) - inside the
+    transaction, before the DELETE."""
+    hist, stg = n.q(PRICE_HISTORY), validate_identifier(staging, "staging table")
+    return Statement(
+        "count history changes",
+        f"SELECT (SELECT COUNT(*) FROM {stg} AS S WHERE NOT EXISTS"
+        f" (SELECT 1 FROM {hist} AS H WHERE {_history_match('H', 'S')})),"
+        f" (SELECT COUNT(*) FROM {stg} AS S JOIN {hist} AS H ON {_history_match('H', 'S')}"
+        f" WHERE {_history_differs('H', 'S')})",
+        {"source": HISTORY_SOURCE},
+    )
+
+
+def delete_changed_history(n: Names, staging: str) -> Statement:
+    """Delete the stored rows whose key is staged with other values (they are re-inserted)."""
+    hist, stg = n.q(PRICE_HISTORY), validate_identifier(staging, "staging table")
+    return Statement(
+        "delete changed history",
+        f"DELETE FROM {hist} AS H WHERE EXISTS (SELECT 1 FROM {stg} AS S"
+        f" WHERE {_history_match('H', 'S')} AND {_history_differs('H', 'S')})",
+        {"source": HISTORY_SOURCE},
+    )
+
+
+def insert_history(n: Names, staging: str, loaded_at: str) -> Statement:
+    """Insert the staged rows whose key is not stored (new, or deleted just before)."""
+    hist, stg = n.q(PRICE_HISTORY), validate_identifier(staging, "staging table")
+    cols = _cols(HISTORY_FILE_COLUMNS)
+    return Statement(
+        "insert history",
+        f"INSERT INTO {hist} ({cols}, SOURCE, LOADED_AT)"
+        f" SELECT {_cols(HISTORY_FILE_COLUMNS, 'S.')}, %(source)s,"
+        f" CAST(%(loaded_at)s AS TIMESTAMP_TZ) FROM {stg} AS S"
+        f" WHERE NOT EXISTS (SELECT 1 FROM {hist} AS H WHERE {_history_match('H', 'S')})",
+        {"source": HISTORY_SOURCE, "loaded_at": loaded_at},
     )
 
 

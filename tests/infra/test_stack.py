@@ -23,7 +23,7 @@ def test_resource_inventory(default_synth: Synth) -> None:
     t.resource_count_is("AWS::S3::Bucket", 2)  # lake + its access-log bucket
     t.resource_count_is("AWS::Lambda::Function", 3)
     t.resource_count_is("AWS::SecretsManager::Secret", 2)
-    t.resource_count_is("AWS::StepFunctions::StateMachine", 1)
+    t.resource_count_is("AWS::StepFunctions::StateMachine", 2)  # pipeline + history backfill
     t.resource_count_is("AWS::SNS::Topic", 1)
     t.resource_count_is("AWS::CloudWatch::Alarm", 7)  # 3 page, 4 console-only (alerting.py)
     t.resource_count_is("AWS::Logs::MetricFilter", 1)  # FailedWithoutAlert
@@ -258,7 +258,8 @@ def _expected(synth: Synth, name: str) -> set[Statement]:
             # raw/: its own progress.json, between the invocations of the deadline loop.
             Statement("Allow", ("s3:GetObject",), objects("raw/", "snapshots/"), ""),
             Statement("Allow", ("s3:PutObject",), objects("raw/", "snapshots/"), ""),
-            listing("raw/", "snapshots/"),
+            # processed/: listed (never read) by the backfill plan to date the latest snapshot.
+            listing("processed/", "raw/", "snapshots/"),
             secret(secrets.coingecko),
         },
         "transform": {
@@ -270,10 +271,16 @@ def _expected(synth: Synth, name: str) -> set[Statement]:
         },
         "load": {
             logs,
-            Statement("Allow", ("s3:GetObject",), objects("processed/", "snapshots/"), ""),
+            # raw/history/: the backfill's market_chart bodies, items file and map results.
+            Statement(
+                "Allow",
+                ("s3:GetObject",),
+                objects("processed/", "snapshots/", "raw/history/"),
+                "",
+            ),
             # Switches the snapshot index to the loaded run after COMMIT.
             Statement("Allow", ("s3:PutObject",), objects("snapshots/"), ""),
-            listing("processed/", "snapshots/"),
+            listing("processed/", "snapshots/", "raw/history/"),
             secret(secrets.snowflake),
         },
     }[name]
@@ -355,8 +362,9 @@ def test_secrets_are_created_empty_with_documented_names(default_synth: Synth) -
 
 
 def _state_machine(synth: Synth) -> dict:
-    (sm,) = synth.resources("AWS::StepFunctions::StateMachine").values()
-    return sm["Properties"]
+    """The pipeline's state machine (the backfill's: tests/infra/test_backfill_stack.py)."""
+    machines = synth.resources("AWS::StepFunctions::StateMachine")
+    return machines[synth.logical_id(synth.stack.pipeline.state_machine)]["Properties"]
 
 
 def test_state_machine_definition_is_the_one_local_mode_executes(default_synth: Synth) -> None:

@@ -521,3 +521,107 @@ def test_run_status_is_read_from_etl_runs_old_or_new(tmp_path: Path):
     assert (failed.snapshot_id, failed.execution, failed.failed_state) == ("s-e2", "e2", "Load")
     assert (failed.error, failed.message) == ("LoadError", "Load said no")
     assert failed.at > success.at
+
+
+# --- The daily price series (COIN_PRICE_SERIES, once a backfill loaded history) ---------------
+
+
+def point(coin_id: str, day: int, price: float, source: str = "market_chart", pos: int = 1,
+          currency: str = "usd") -> d.SeriesPoint:  # fmt: skip
+    return d.SeriesPoint(currency, coin_id, T0.date() + timedelta(days=day), price, price * 10,
+                         source, pos)  # fmt: skip
+
+
+def test_price_series_draws_history_solid_then_snapshots_dotted_per_coin():
+    points = [
+        point("ethereum", -2, 3000.0, pos=2),
+        point("bitcoin", 0, 60500.0, "snapshot"),
+        point("bitcoin", -2, 59000.0),
+        point("bitcoin", -1, 60000.0),
+        point("tether", -1, 1.0, "snapshot", pos=3),
+    ]
+    fig = d.price_series_figure("usd", points)
+    traces = [(t["name"], t["line"]["dash"], t["x"], t["y"], t["showlegend"]) for t in fig["data"]]
+    day = [str(T0.date() + timedelta(days=i)) for i in (-2, -1, 0)]
+    assert (
+        traces
+        == [
+            ("bitcoin", "solid", day[:2], [59000.0, 60000.0], True),
+            ("bitcoin", "dot", day[2:], [60500.0], False),  # same legend entry as its history
+            ("ethereum", "solid", day[:1], [3000.0], True),
+            ("tether", "dot", day[1:2], [1.0], True),  # no history: its snapshots carry the legend
+        ]
+    )
+    assert fig["data"][0]["line"]["color"] == fig["data"][1]["line"]["color"]
+    assert fig["layout"]["yaxis"]["type"] == "log"
+    assert "snapshot" in fig["data"][1]["hovertext"][0]
+
+
+def test_the_series_panel_is_on_the_page_only_with_backfilled_history():
+    usd, eur = snap("u", "usd", loaded_cap=5.0), snap("e", "eur", loaded_cap=5.0)
+    rows = [coin("x", 5.0, snapshot_id="u"), coin("x", 5.0, snapshot_id="e", currency="eur")]
+    without = d.build_payload(_data(usd, eur, coins=rows))
+    assert without["price_series"] == {}
+    assert f'id="chart-{d.SERIES_CHART}"' not in d.render_html(without, plotly_js="/**/")
+
+    data = _data(usd, eur, coins=rows)
+    data.series = [point("<b>x</b>", -1, 2.0)]
+    payload = d.build_payload(data)
+    assert set(payload["price_series"]) == {"usd", "eur"}
+    assert payload["price_series"]["usd"]["data"][0]["name"] == "&lt;b&gt;x&lt;/b&gt;"
+    note = payload["price_series"]["eur"]["layout"]["annotations"][0]["text"]
+    assert note == "No backfilled history in EUR"
+    page = d.render_html(payload, plotly_js="/**/")
+    assert f'id="chart-{d.SERIES_CHART}"' in page and "COIN_PRICE_SERIES" in page
+
+
+def test_series_is_read_from_the_view_for_the_top_coins_with_history(tmp_path: Path):
+    """Real fakesnow: two usd snapshots loaded, then history for three coins; the series is
+    the top coins with history by latest market cap, history then the snapshot days."""
+    import gzip
+
+    from functions.load.history import (
+        HistoryRow,
+        history_csv_header,
+        history_csv_lines,
+        load_history_file,
+    )
+    from functions.load.loader import ensure_objects
+    from functions.load.sql import Names
+    from tests.unit.test_reporting_views import SNAPSHOTS, load
+
+    with LocalWarehouse(tmp_path / "warehouse") as wh:
+        conn = wh.connect()
+        try:
+            with conn.cursor() as cur:
+                assert d.fetch_series(cur) == []  # no table at all
+            ensure_objects(conn, Names())
+            with conn.cursor() as cur:
+                assert d.fetch_series(cur) == []  # an empty table: no chart
+            for snapshot in SNAPSHOTS[:3]:  # usd-a, usd-b (2026-11-26), usd-c (2026-11-27)
+                load(conn, snapshot, tmp_path)
+            days = [T0.date() - timedelta(days=i) for i in range(10, 0, -1)]  # to 2026-11-26
+            caps = {"bitcoin": 3e12, "ethereum": 1e12, "coin-05": 1e9}
+            text = history_csv_header() + "".join(
+                history_csv_lines(c, "usd", [HistoryRow(x, 1.0 + i, cap, 1.0)
+                                             for i, x in enumerate(days)])
+                for c, cap in caps.items()
+            )  # fmt: skip
+            path = tmp_path / "h.csv.gz"
+            path.write_bytes(gzip.compress(text.encode()))
+            load_history_file(conn, local_file=path, row_count=30, names=Names(), label="t")
+            with conn.cursor() as cur:
+                series = d.fetch_series(cur, top=2)
+            data = d.fetch_dashboard_data(conn, "test")
+        finally:
+            conn.close()
+    # Ranked by the latest day's market cap (the 2026-11-27 snapshot), history coins only.
+    assert next(p.coin_id for p in series if p.coin_pos == 1) == "bitcoin"
+    assert {p.coin_id for p in series} == {"bitcoin", "ethereum"}
+    btc = [p for p in series if p.coin_id == "bitcoin"]
+    assert [p.day for p in btc] == [*days, T0.date()]
+    assert [p.source for p in btc] == ["market_chart"] * 10 + ["snapshot"]
+    assert {p.coin_id for p in data.series} == set(caps)
+    fig = d.build_payload(data)["price_series"]["usd"]
+    assert [t["name"] for t in fig["data"] if t["showlegend"]] == ["bitcoin", "ethereum",
+                                                                    "coin-05"]  # fmt: skip

@@ -219,6 +219,9 @@ COLUMNS: dict[str, list[str]] = {
         "MARKET_CAP_RANK", "CURRENT_PRICE", "MARKET_CAP", "TOTAL_VOLUME", "PRICE_CHANGE_24H",
         "PRICE_CHANGE_PERCENTAGE_24H", "DIRECTION", "MOVE_RANK",
     ],
+    "COIN_PRICE_SERIES": [
+        "COIN_ID", "DATE", "VS_CURRENCY", "PRICE", "MARKET_CAP", "TOTAL_VOLUME", "SOURCE",
+    ],
 }  # fmt: skip
 VIEW_KEYS = {
     "DATE_DIM": ["DATE_KEY", "VS_CURRENCY"],
@@ -228,6 +231,7 @@ VIEW_KEYS = {
     "COIN_HISTORY": ["SNAPSHOT_ID", "COIN_ID"],
     "DAILY_ROLLUP": ["FETCH_DATE", "VS_CURRENCY", "COIN_ID"],
     "TOP_MOVERS": ["VS_CURRENCY", "DIRECTION", "MOVE_RANK"],
+    "COIN_PRICE_SERIES": ["COIN_ID", "DATE", "VS_CURRENCY"],
 }
 LATEST_USD = "SELECT * FROM LATEST_SNAPSHOT WHERE VS_CURRENCY = 'usd' ORDER BY COIN_ID"
 
@@ -535,3 +539,92 @@ def test_recreating_the_views_is_idempotent(market):
     ensure_objects(market.conn, Names())
     for name in VIEW_KEYS:
         assert_same(view(market, name), before[name], VIEW_KEYS[name])
+
+
+# --- COIN_PRICE_SERIES: history, then the snapshots' daily close --------------------------------
+
+# Backfilled usd history: bitcoin and coin-03 from 2026-11-19 to 2026-11-26 (the snapshots have
+# 2026-11-25..27), ethereum one day only (2026-11-26), with NULLs; no eur history.
+HISTORY_DAYS = [date(2026, 11, 19) + timedelta(days=i) for i in range(8)]
+HISTORY = {
+    "bitcoin": HISTORY_DAYS,
+    "coin-03": HISTORY_DAYS,
+    "ethereum": [date(2026, 11, 26)],
+}
+
+
+def history_rows(coin_id: str, days: Sequence[date]) -> list[Any]:
+    from functions.load.history import HistoryRow
+
+    base = 1000.0 * (1 + len(coin_id))
+    return [
+        HistoryRow(d, base + i, None if coin_id == "ethereum" else (base + i) * 1e6, 5e8 + i)
+        for i, d in enumerate(days)
+    ]
+
+
+@pytest.fixture(scope="module")
+def series(market: Market, tmp_path_factory: pytest.TempPathFactory) -> pd.DataFrame:
+    """Loads HISTORY through the backfill's load (real COPY + transaction); the series view."""
+    import gzip
+
+    from functions.load.history import history_csv_header, history_csv_lines, load_history_file
+
+    path = tmp_path_factory.mktemp("history") / "history.csv.gz"
+    lines = [history_csv_lines(c, "usd", history_rows(c, days)) for c, days in HISTORY.items()]
+    path.write_bytes(gzip.compress((history_csv_header() + "".join(lines)).encode()))
+    rows = sum(len(d) for d in HISTORY.values())
+    result = load_history_file(market.conn, local_file=path, row_count=rows, names=Names(),
+                               label="views")  # fmt: skip
+    assert result.rows_inserted == rows
+    return view(market, "COIN_PRICE_SERIES")
+
+
+def test_coin_price_series_is_history_then_the_snapshots_daily_close(market, data, series):
+    stored = frame(market.conn, "SELECT * FROM CRYPTO_PRICE_HISTORY")
+    hist = stored[COLUMNS["COIN_PRICE_SERIES"]]
+    keys = ["FETCH_DATE", "VS_CURRENCY", "COIN_ID"]
+    close = (
+        data.sort_values(["FETCHED_AT", "LOADED_AT", "SNAPSHOT_ID"], kind="stable")
+        .groupby(keys)
+        .tail(1)
+    )
+    snap = pd.DataFrame(
+        {
+            "COIN_ID": close["COIN_ID"],
+            "DATE": close["FETCH_DATE"],
+            "VS_CURRENCY": close["VS_CURRENCY"],
+            "PRICE": close["CURRENT_PRICE"],
+            "MARKET_CAP": close["MARKET_CAP"],
+            "TOTAL_VOLUME": close["TOTAL_VOLUME"],
+            "SOURCE": "snapshot",
+        }
+    )
+    covered = set(zip(hist["COIN_ID"], hist["DATE"], hist["VS_CURRENCY"], strict=True))
+    snap = snap[
+        [k not in covered for k in zip(snap["COIN_ID"], snap["DATE"], snap["VS_CURRENCY"],
+                                       strict=True)]
+    ]  # fmt: skip
+    expected = pd.concat([hist, snap], ignore_index=True)
+    assert_same(series, expected, VIEW_KEYS["COIN_PRICE_SERIES"])
+
+    # One series per coin and currency: history first, then the snapshot days after it.
+    btc = series[(series["COIN_ID"] == "bitcoin") & (series["VS_CURRENCY"] == "usd")]
+    btc = btc.sort_values("DATE")
+    assert list(btc["DATE"]) == [*HISTORY_DAYS, date(2026, 11, 27)]
+    assert list(btc["SOURCE"]) == ["market_chart"] * len(HISTORY_DAYS) + ["snapshot"]
+    # A history day wins over that day's snapshots; its NULL stays NULL.
+    eth = series.set_index(["COIN_ID", "VS_CURRENCY", "DATE"]).loc[
+        ("ethereum", "usd", date(2026, 11, 26))
+    ]
+    assert eth["SOURCE"] == "market_chart" and pd.isna(eth["MARKET_CAP"])
+    # Without history (eur) the series is the snapshots' close: DAILY_ROLLUP's CLOSE_PRICE.
+    eur = series[series["VS_CURRENCY"] == "eur"]
+    assert set(eur["SOURCE"]) == {"snapshot"}
+    rollup = view(market, "DAILY_ROLLUP")
+    rollup = rollup[rollup["VS_CURRENCY"] == "eur"].rename(
+        columns={"FETCH_DATE": "DATE", "CLOSE_PRICE": "PRICE"}
+    )
+    merged = eur.merge(rollup, on=["COIN_ID", "DATE", "VS_CURRENCY"], suffixes=("", "_R"))
+    assert len(merged) == len(eur) == len(rollup)
+    assert ((merged["PRICE"] == merged["PRICE_R"]) | merged["PRICE"].isna()).all()
