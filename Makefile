@@ -4,13 +4,17 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 CDK    := PATH="$(CURDIR)/$(BIN):$$PATH" npx cdk
+# GitHub Actions workflows: `make lint` checks them with check-jsonschema's vendored copy of
+# SchemaStore's github-workflow schema (actionlint's PyPI wrapper downloads its binary from GitHub
+# at install time, which fails offline), plus its every-job-has-a-timeout schema.
+WORKFLOWS := $(wildcard .github/workflows/*.yml)
 # Extra arguments for the cdk targets, e.g. make deploy ARGS="-c alert_email=you@example.com"
 ARGS   ?=
 export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION ?= 20
 export CDK_DISABLE_VERSION_CHECK ?= 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo run show test lint format synth diff deploy destroy bench clean clean-data
+.PHONY: help install demo run show test lint lint-workflows format synth diff deploy destroy bench clean clean-data
 
 ## make help: list these targets.
 help:
@@ -50,10 +54,16 @@ run: $(STAMP)
 show: $(STAMP)
 	$(BIN)/crypto-etl show
 
-## make lint: ruff check and format check.
+## make lint: ruff check and format check, then lint-workflows.
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(MAKE) --no-print-directory lint-workflows
+
+## make lint-workflows: the GitHub Actions workflows against their schema; every job has a timeout.
+lint-workflows: $(STAMP)
+	$(BIN)/check-jsonschema --builtin-schema vendor.github-workflows $(WORKFLOWS)
+	$(BIN)/check-jsonschema --builtin-schema custom.github-workflows-require-timeout $(WORKFLOWS)
 
 ## make format: ruff format, then ruff's fixes.
 format: $(STAMP)

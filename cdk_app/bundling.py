@@ -45,11 +45,13 @@ FUNCTION_NAMES: tuple[str, ...] = ("extract", "transform", "load")
 # Third-party packages each function needs at runtime, pinned to the versions the local test
 # suite runs against (pyproject.toml). Lambda's python3.12 runtime already has boto3.
 _POWERTOOLS = "aws-lambda-powertools==3.37.0"
+# Powertools Tracer needs the X-Ray SDK at runtime (it is not in Lambda's python3.12 runtime).
+_XRAY = "aws-xray-sdk==2.15.0"
 REQUIREMENTS: dict[str, tuple[str, ...]] = {
-    "extract": ("requests==2.34.2", _POWERTOOLS),
+    "extract": ("requests==2.34.2", _POWERTOOLS, _XRAY),
     # pandas (and numpy) come from the AWS SDK for pandas layer, not from this bundle.
-    "transform": ("orjson==3.13.0", _POWERTOOLS),
-    "load": ("snowflake-connector-python==4.8.1", _POWERTOOLS),
+    "transform": ("orjson==3.13.0", _POWERTOOLS, _XRAY),
+    "load": ("snowflake-connector-python==4.8.1", _POWERTOOLS, _XRAY),
 }
 
 # Lambda python3.12 runs on Amazon Linux 2023 (glibc 2.34): manylinux2014 (glibc 2.17) and

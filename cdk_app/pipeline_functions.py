@@ -31,6 +31,7 @@ from cdk_app.config import Settings
 from cdk_app.data_lake import HISTORY, PROCESSED, RAW, REJECTED, SNAPSHOTS, DataLake
 from cdk_app.nag import acknowledge, arn_ref
 from cdk_app.secrets import Secrets
+from functions.common import observability as obs
 
 SERVICE_PREFIX = "crypto-etl"
 
@@ -247,10 +248,16 @@ class PipelineFunctions(Construct):
             role=role,
             log_group=log_group,
             layers=layers,
+            # Active tracing: the handlers' Powertools Tracer sends their segments (CoinGecko
+            # calls, the transform, each load step) beside the state machine's trace.
+            tracing=lambda_.Tracing.ACTIVE,
             environment={
                 "LAKE_BUCKET": self.lake.bucket.bucket_name,
                 "POWERTOOLS_SERVICE_NAME": f"{SERVICE_PREFIX}-{name}",
                 "POWERTOOLS_LOG_LEVEL": self.settings.log_level,
+                # The metrics' namespace and Pipeline dimension, as cdk_app/monitoring.py reads.
+                "POWERTOOLS_METRICS_NAMESPACE": obs.NAMESPACE_DEFAULT,
+                "PIPELINE_NAME": cdk.Stack.of(self).stack_name,
                 **environment,
             },
         )
@@ -282,4 +289,11 @@ class PipelineFunctions(Construct):
                 "reads/writes only keys under its own prefixes (snapshot and run ids are not "
                 "known before the execution runs).",
                 findings=[f"Resource::{bucket}/{p}*" for p in prefixes],
+            )
+            acknowledge(
+                role,
+                "AwsSolutions-IAM5",
+                "X-Ray's PutTraceSegments/PutTelemetryRecords take no resource-level permission"
+                ' (AWS documents Resource "*" for them); CDK adds them for active tracing.',
+                findings=["Resource::*"],
             )

@@ -12,10 +12,24 @@ from cdk_app.alerting import Alerting
 from cdk_app.backfill import Backfill
 from cdk_app.config import Settings
 from cdk_app.data_lake import DataLake
+from cdk_app.monitoring import Monitoring
 from cdk_app.pipeline import Pipeline
-from cdk_app.pipeline_functions import PipelineFunctions
+from cdk_app.pipeline_functions import SERVICE_PREFIX, PipelineFunctions
 from cdk_app.schedule import Schedule
 from cdk_app.secrets import Secrets
+
+
+def dashboard_vs_currency(scope: Construct, settings: Settings) -> str:
+    """The dashboard's ``VsCurrency``: context ``dashboard_vs_currency``, else the scheduled
+    input's ``vs_currency``, else ``usd``; lower case, as the functions emit it. ValueError for
+    anything but a short code."""
+    value = scope.node.try_get_context("dashboard_vs_currency") or settings.execution_input.get(
+        "vs_currency"
+    )
+    text = str(value or "usd").strip().lower()
+    if not (0 < len(text) <= 16 and text.isascii() and text.replace("_", "").isalnum()):
+        raise ValueError(f"dashboard_vs_currency: not a currency code: {value!r}")
+    return text
 
 
 class CryptoEtlStack(cdk.Stack):
@@ -50,6 +64,17 @@ class CryptoEtlStack(cdk.Stack):
         )
         for name, fn in self.functions.functions.items():
             self.alerting.watch_function(name, fn)
+        self.monitoring = Monitoring(
+            self,
+            "Monitoring",
+            state_machine=self.pipeline.state_machine,
+            functions=self.functions.functions,
+            service_names={name: f"{SERVICE_PREFIX}-{name}" for name in self.functions.functions},
+            alarms=self.alerting.alarms,
+            paging=self.alerting.paging,
+            pipeline_name=self.stack_name,
+            vs_currency=dashboard_vs_currency(self, settings),
+        )
 
         self.schedule: Schedule | None = None
         if settings.schedule:
@@ -94,6 +119,11 @@ class CryptoEtlStack(cdk.Stack):
                 "Optional CoinGecko API key (empty = public API)",
             ),
             "AlertTopicArn": (self.alerting.topic.topic_arn, "Failure alerts"),
+            "DashboardUrl": (
+                f"https://{cdk.Aws.REGION}.console.aws.amazon.com/cloudwatch/home?region="
+                f"{cdk.Aws.REGION}#dashboards/dashboard/{self.monitoring.dashboard_name}",
+                "The pipeline's CloudWatch dashboard (README: Operating it)",
+            ),
         }
         for output_id, (value, description) in outputs.items():
             cdk.CfnOutput(self, output_id, value=value, description=description)

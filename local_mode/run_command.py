@@ -116,6 +116,9 @@ class RunReport:
     # A failed execution's "Record failure" result: {"recorded": true, "table"} or
     # {"recorded": false, "error"} (None when it succeeded or never got there).
     run_log: dict[str, Any] | None = None
+    # The EMF objects (CloudWatch Embedded Metric Format, the JSON with the "_aws" key) the
+    # functions emitted during the run, in order: what CloudWatch would turn into metrics.
+    metrics: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -551,6 +554,12 @@ def _set_stream(handler: logging.StreamHandler, stream: TextIO) -> None:
         handler.setStream(stream)
 
 
+def _print_emf(blob: Mapping[str, Any]) -> None:
+    """``-v``: one EMF object as the function wrote it (one line of compact JSON), on stderr
+    beside the JSON logs."""
+    print(json.dumps(blob, separators=(",", ":")), file=sys.stderr, flush=True)
+
+
 @contextmanager
 def _handler_logs_as_progress(progress: _Progress, verbose: bool, level: int) -> Iterator[None]:
     """Show the handlers' progress as short lines; their JSON logs only with ``-v``, on stderr.
@@ -674,6 +683,7 @@ def run_pipeline(opts: RunOptions, out: TextIO | None = None) -> RunReport:
     out = out or sys.stdout
     prepared = prepare(opts)
 
+    from functions.common.observability import capture_emf
     from local_mode.warehouse import LocalWarehouse
     from state_machine.local_runner import LocalStepFunctions
 
@@ -682,6 +692,7 @@ def run_pipeline(opts: RunOptions, out: TextIO | None = None) -> RunReport:
     with ExitStack() as stack:
         source_env, server = stack.enter_context(_coingecko_source(opts, prepared, progress))
         stack.enter_context(_handler_logs_as_progress(progress, opts.verbose, prepared.log_level))
+        emf = stack.enter_context(capture_emf(_print_emf if opts.verbose else None))
         progress.line(f"Starting local warehouse (fakesnow) in {prepared.warehouse_dir}")
         warehouse = stack.enter_context(LocalWarehouse(prepared.warehouse_dir))
         env = {
@@ -733,6 +744,7 @@ def run_pipeline(opts: RunOptions, out: TextIO | None = None) -> RunReport:
         extract_invocation_seconds=list(progress.extract_invocations),
         state_transitions=progress.transitions,
         run_log=result.run_log,
+        metrics=list(emf),
     )
 
 
@@ -871,6 +883,40 @@ def _print_data_notes(o: Mapping[str, Any], out: TextIO) -> None:
         print(f"  coverage      {coverage}", file=out)
 
 
+# The summary's metric figures, in this order (every metric is in the EMF lines of -v).
+KEY_METRICS: tuple[tuple[str, str], ...] = (
+    ("ExtractCoins", "{:g} coins"),
+    ("ApiCalls", "{:g} calls"),
+    ("RateLimited429s", "{:g} 429s"),
+    ("RateLimitWaitSeconds", "{:.1f}s rate-limit wait"),
+    ("RowsOut", "{:g} rows out"),
+    ("RowsRejected", "{:g} rejected"),
+    ("RowsInserted", "{:g} inserted"),
+    ("LoadSeconds", "{:.1f}s load"),
+    ("ExecutionSeconds", "{:.1f}s execution"),
+    ("ExecutionSucceeded", "{:g} succeeded"),
+    ("ExecutionFailed", "{:g} failed"),
+)
+
+
+def metrics_line(blobs: list[dict[str, Any]]) -> str | None:
+    """The summary's ``metrics`` line from the run's EMF objects, e.g. "CryptoEtl: 300 coins,
+    3 calls, ..., 1 succeeded (5 EMF objects; -v prints them)"; None when none were emitted."""
+    from functions.common.observability import emf_totals
+
+    if not blobs:
+        return None
+    totals = emf_totals(blobs)
+    parts = [fmt.format(totals[name]) for name, fmt in KEY_METRICS if name in totals]
+    namespaces = sorted(
+        {d.get("Namespace") for b in blobs for d in b["_aws"].get("CloudWatchMetrics") or []}
+    )
+    return (
+        f"{', '.join(str(n) for n in namespaces)}: {', '.join(parts)}"
+        f" ({plural(len(blobs), 'EMF object')}; -v prints them)"
+    )
+
+
 def query_hint(local_dir: Path) -> str:
     """The command that queries this run's warehouse (keeping a non-default ``--local-dir``)."""
     flag = "" if local_dir == BUILTIN_LOCAL_DIR else f"--local-dir {shlex.quote(str(local_dir))} "
@@ -916,6 +962,8 @@ def print_summary(report: RunReport, out: TextIO) -> None:
             print(f"  run log       {text}", file=out)
     if report.replay is not None:
         print(f"  replay        {_replay_line(report.replay)}", file=out)
+    if (figures := metrics_line(report.metrics)) is not None:
+        print(f"  metrics       {figures}", file=out)
     print(f"  lake          {report.lake_dir}", file=out)
     print(f"  warehouse     {report.warehouse_dir}", file=out)
     print(f"  query it      {query_hint(report.local_dir)}", file=out)
@@ -926,8 +974,10 @@ def summary_json(report: RunReport) -> dict[str, Any]:
     """The ``--json`` summary (one object; see the README's ``crypto-etl run --json``).
 
     Counts are None when the execution failed before the state that produces them; durations
-    are seconds; paths are absolute.
+    are seconds; paths are absolute. ``metrics`` sums each emitted metric over the run.
     """
+    from functions.common.observability import emf_totals
+
     o = dict(report.output or {})
     if not report.output:  # failed: what the states that finished reported (each adds to the last)
         for state in TASK_STATES:
@@ -974,6 +1024,7 @@ def summary_json(report: RunReport) -> dict[str, Any]:
             "failed_checks": quality.get("failed_checks") or [],
         },
         "coverage": o.get("coverage"),
+        "metrics": emf_totals(report.metrics),
         "rate_limit": o.get("rate_limit"),
         "replay": report.replay,
         "table": o.get("table"),

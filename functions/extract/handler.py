@@ -51,9 +51,10 @@ from datetime import UTC, date, datetime
 from typing import Any
 
 from functions.common import keys
+from functions.common import observability as obs
 from functions.common.config import env_float
 from functions.common.errors import ConfigError, CryptoEtlError, SourceError, ValidationError
-from functions.common.log import get_logger
+from functions.common.log import context_or_local, get_logger
 from functions.common.snapshot_index import claim_partition_date
 from functions.common.storage import Storage, get_json, put_json, storage_from_env
 from functions.extract import backfill
@@ -70,6 +71,8 @@ from functions.extract.paging import (
 )
 
 logger = get_logger("extract")
+metrics = obs.get_metrics("extract")
+tracer = obs.get_tracer("extract")
 
 DEFAULT_VS_CURRENCY = "usd"
 DEFAULT_MAX_COINS = 1000
@@ -659,10 +662,52 @@ def check_window_fits(config: ExtractConfig, available_seconds: float, margin: f
         )
 
 
+# The snapshot id as run() settles it: input.snapshot_id, else the execution name.
+CORRELATION_ID_PATH = "input.snapshot_id || execution.name"
+
+
+def emit_metrics(out: Mapping[str, Any]) -> None:
+    """The Extract's metrics from its result ``out`` (the contract).
+
+    Only the invocation that finishes (``done: true``) emits, with the run's totals over every
+    invocation of the deadline loop (the contract's counters are cumulative): pages, coins, API
+    calls, retries, 429s received, seconds of client-side rate-limit pacing
+    (``pacing_wait_seconds``), ``/global`` available (0/1) and the invocations. An invocation
+    that stops at its deadline emits none, so a sum over time counts each execution once; an
+    execution whose Extract fails emits no Extract figures (ExecutionFailed counts it).
+    """
+    if out.get("done") is not True:
+        return
+    obs.set_vs_currency(metrics, out.get("vs_currency"))
+    obs.put(metrics, obs.EXTRACT_PAGES, out.get("pages"))
+    obs.put(metrics, obs.EXTRACT_COINS, out.get("coin_count"))
+    obs.put(metrics, obs.API_CALLS, out.get("api_calls"))
+    obs.put(metrics, obs.API_RETRIES, out.get("retries"))
+    obs.put(metrics, obs.RATE_LIMITED_429S, out.get("rate_limited"))
+    obs.put(metrics, obs.RATE_LIMIT_WAIT_SECONDS, out.get("pacing_wait_seconds"))
+    obs.put(metrics, obs.GLOBAL_AVAILABLE, 0 if out.get("global_key") is None else 1)
+    obs.put(metrics, obs.EXTRACT_INVOCATIONS, out.get("invocations"))
+
+
+# X-Ray subsegments around the CoinGecko work (run() calls these by their module names; the
+# patched requests adds one subsegment per HTTP call). Unchanged when tracing is off.
+fetch_markets = obs.traced(tracer, fetch_markets)
+_fetch_global = obs.traced(tracer, _fetch_global)
+
+
+@context_or_local
+@tracer.capture_lambda_handler
+@metrics.log_metrics(capture_cold_start_metric=True)
+@logger.inject_lambda_context(correlation_id_path=CORRELATION_ID_PATH)
 def handler(event: dict, context: Any) -> dict:
-    """Lambda entry point: configuration and storage come from the environment at call time."""
+    """Lambda entry point: configuration and storage come from the environment at call time.
+
+    Logs carry the snapshot id as ``correlation_id``; metrics per :func:`emit_metrics`.
+    """
     logger.setLevel(os.environ.get("POWERTOOLS_LOG_LEVEL") or os.environ.get("LOG_LEVEL") or "INFO")
     logger.remove_keys(["snapshot_id"])
+    obs.start_invocation(metrics)
+    obs.annotate_snapshot(tracer, logger.get_correlation_id())
     env = dict(os.environ)
     config = ExtractConfig.from_env(env)
     margin = env_float(env, "EXTRACT_DEADLINE_MARGIN_SECONDS", DEADLINE_MARGIN_SECONDS, minimum=0.0)
@@ -674,10 +719,12 @@ def handler(event: dict, context: Any) -> dict:
             config.timeout_seconds, deadline(), margin, "the time left in this invocation"
         )
         check_window_fits(config, deadline(), margin)
-    return run(
+    out = run(
         event,
         config=config,
         storage=storage_from_env(env),
         deadline=deadline,
         margin_seconds=margin,
     )
+    emit_metrics(out)
+    return out

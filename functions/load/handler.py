@@ -28,6 +28,7 @@ import math
 import os
 import re
 import tempfile
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
@@ -35,8 +36,9 @@ from pathlib import Path
 from typing import Any
 
 from functions.common import keys
+from functions.common import observability as obs
 from functions.common.errors import CryptoEtlError, StorageError, ValidationError
-from functions.common.log import get_logger
+from functions.common.log import context_or_local, get_logger
 from functions.common.schema import TIMESTAMP_FORMAT
 from functions.common.snapshot_index import switch_current
 from functions.common.storage import Storage, storage_from_env
@@ -54,6 +56,8 @@ from functions.load.loader import (
 from functions.load.sql import Names
 
 logger = get_logger("load")
+metrics = obs.get_metrics("load")
+tracer = obs.get_tracer("load")
 
 _COUNT_FIELDS = (
     "coin_count",
@@ -496,6 +500,50 @@ def record_failure_run(
     }
 
 
+# The snapshot id of a load event, else of a record_failure event's failed state, else the
+# execution name (as parse_failure_event picks it).
+CORRELATION_ID_PATH = "snapshot_id || state_input.snapshot_id || execution.name"
+
+
+def emit_load_metrics(out: Mapping[str, Any], load_seconds: float) -> None:
+    """A successful load's metrics: rows inserted and replaced, ``load_seconds`` (the Load's own
+    time), and the execution's outcome (ExecutionSucceeded 1) and duration (seconds from the
+    Extract's ``fetched_at`` to now)."""
+    obs.set_vs_currency(metrics, out.get("vs_currency"))
+    obs.put(metrics, obs.ROWS_INSERTED, out.get("rows_inserted"))
+    obs.put(metrics, obs.ROWS_REPLACED, out.get("rows_replaced"))
+    obs.put(metrics, obs.LOAD_SECONDS, round(load_seconds, 3))
+    obs.put(metrics, obs.EXECUTION_SECONDS, obs.seconds_since(out.get("fetched_at")))
+    obs.put(metrics, obs.EXECUTION_SUCCEEDED, 1)
+
+
+def emit_failure_metrics(event: Mapping[str, Any]) -> None:
+    """A failed execution's metrics (the record_failure action), from its event as given, so
+    they go out even when the event or the recording is bad: ExecutionFailed 1 and the
+    execution's duration (seconds from the failed state input's ``fetched_at``, else the
+    execution's ``start_time``). ``VsCurrency`` is the state input's, else the default."""
+    state_input = event.get("state_input")
+    state_input = state_input if isinstance(state_input, Mapping) else {}
+    execution = event.get("execution")
+    execution = execution if isinstance(execution, Mapping) else {}
+    started = state_input.get("fetched_at") or execution.get("start_time")
+    obs.set_vs_currency(metrics, state_input.get("vs_currency"))
+    obs.put(metrics, obs.EXECUTION_SECONDS, obs.seconds_since(started))
+    obs.put(metrics, obs.EXECUTION_FAILED, 1)
+
+
+# Each warehouse step and the index switch in an X-Ray subsegment (run() and
+# record_failure_run() call them by these module names); unchanged when tracing is off.
+ensure_objects = obs.traced(tracer, ensure_objects)
+load_snapshot = obs.traced(tracer, load_snapshot)
+switch_current = obs.traced(tracer, switch_current)
+record_failure = obs.traced(tracer, record_failure)
+
+
+@context_or_local
+@tracer.capture_lambda_handler
+@metrics.log_metrics(capture_cold_start_metric=True)
+@logger.inject_lambda_context(correlation_id_path=CORRELATION_ID_PATH)
 def handler(event: dict, context: Any) -> dict:
     """Lambda entry point: configuration comes from the environment at call time.
 
@@ -503,13 +551,20 @@ def handler(event: dict, context: Any) -> dict:
     ``"record_failure"`` records a failed execution (:func:`record_failure_run`),
     ``"load_history"`` loads a backfill's market_chart bodies into CRYPTO_PRICE_HISTORY
     (:func:`functions.load.history.load_history_run`); any other value raises ValidationError.
+    Logs carry the snapshot id as ``correlation_id``; metrics per :func:`emit_load_metrics`
+    and :func:`emit_failure_metrics`.
     """
     logger.setLevel(os.environ.get("POWERTOOLS_LOG_LEVEL") or os.environ.get("LOG_LEVEL") or "INFO")
     logger.remove_keys(["snapshot_id"])
+    obs.start_invocation(metrics)
+    obs.annotate_snapshot(tracer, logger.get_correlation_id())
     env = dict(os.environ)
     action = keys.validate_object(event, "event").get("action")
     if action == ACTION_RECORD_FAILURE:
-        return record_failure_run(event, config=lambda: SnowflakeConfig.from_env(env))
+        try:
+            return record_failure_run(event, config=lambda: SnowflakeConfig.from_env(env))
+        finally:
+            emit_failure_metrics(event)
     if action == ACTION_LOAD_HISTORY:
         return load_history_run(
             event, storage=storage_from_env(env), config=lambda: SnowflakeConfig.from_env(env)
@@ -520,8 +575,11 @@ def handler(event: dict, context: Any) -> dict:
             f"{action!r:.80} must be {ACTION_LOAD!r} (default), {ACTION_RECORD_FAILURE!r}"
             f" or {ACTION_LOAD_HISTORY!r}",
         )
-    return run(
+    started = time.perf_counter()
+    out = run(
         event,
         storage=storage_from_env(env),
         config=lambda: SnowflakeConfig.from_env(env),
     )
+    emit_load_metrics(out, time.perf_counter() - started)
+    return out

@@ -46,8 +46,9 @@ from typing import Any, TypeVar
 import orjson
 
 from functions.common import keys
+from functions.common import observability as obs
 from functions.common.errors import DataQualityError, ValidationError
-from functions.common.log import get_logger
+from functions.common.log import context_or_local, get_logger
 from functions.common.storage import Storage, get_json, storage_from_env
 from functions.transform.coverage import coins_fetched, coverage, min_pct_from_env
 from functions.transform.csv_gz import rejected_to_csv_gz, to_csv_gz, verify_csv_gz
@@ -56,6 +57,8 @@ from functions.transform.previous import PreviousLookup, find_previous
 from functions.transform.transform import MAX_COINS_ALL, empty_message, transform
 
 logger = get_logger("transform")
+metrics = obs.get_metrics("transform")
+tracer = obs.get_tracer("transform")
 
 GZIP_CONTENT_TYPE = "application/gzip"
 _T = TypeVar("_T")
@@ -424,10 +427,47 @@ def run(
     }
 
 
+CORRELATION_ID_PATH = "snapshot_id"
+
+
+def emit_metrics(out: Mapping[str, Any]) -> None:
+    """The Transform's metrics from its result ``out`` (the contract): rows in (the coins the
+    manifest kept), out, rejected and by reason (the ``TOP_REJECT_REASONS`` largest), duplicates,
+    coverage against ``/global`` (%, only when ``/global`` answered) and the quality checks that
+    failed. A run the quality gate stops raises before this: it shows as ExecutionFailed."""
+    quality = out.get("quality") or {}
+    cover = out.get("coverage") or {}
+    obs.set_vs_currency(metrics, out.get("vs_currency"))
+    obs.put(metrics, obs.ROWS_IN, quality.get("rows_in"))
+    obs.put(metrics, obs.ROWS_OUT, out.get("row_count"))
+    obs.put(metrics, obs.ROWS_REJECTED, out.get("rejected_count"))
+    obs.put(metrics, obs.DUPLICATES, out.get("duplicate_count"))
+    obs.put(metrics, obs.COIN_COVERAGE_PCT, cover.get("coin_pct"))
+    obs.put(metrics, obs.MARKET_CAP_COVERAGE_PCT, cover.get("market_cap_pct"))
+    obs.put(metrics, obs.QUALITY_CHECKS_FAILED, len(quality.get("failed_checks") or []))
+    obs.emit_by_reason(metrics, quality.get("rejected_by_reason") or {})
+
+
+# The transform itself in an X-Ray subsegment (run() calls it by this module name); unchanged
+# when tracing is off. The lake reads and writes are botocore subsegments.
+transform = obs.traced(tracer, transform)
+
+
+@context_or_local
+@tracer.capture_lambda_handler
+@metrics.log_metrics(capture_cold_start_metric=True)
+@logger.inject_lambda_context(correlation_id_path=CORRELATION_ID_PATH)
 def handler(event: dict, context: Any) -> dict:
-    """Lambda entry point: configuration (LAKE_BUCKET / LAKE_LOCAL_DIR) is read at call time."""
+    """Lambda entry point: configuration (LAKE_BUCKET / LAKE_LOCAL_DIR) is read at call time.
+
+    Logs carry the snapshot id as ``correlation_id``; metrics per :func:`emit_metrics`.
+    """
     logger.setLevel(os.environ.get("POWERTOOLS_LOG_LEVEL") or os.environ.get("LOG_LEVEL") or "INFO")
     logger.remove_keys(["snapshot_id"])
+    obs.start_invocation(metrics)
+    obs.annotate_snapshot(tracer, logger.get_correlation_id())
     min_pct = min_pct_from_env(os.environ)
     gate = gate_config_from_env(os.environ)
-    return run(event, storage=storage_from_env(dict(os.environ)), min_pct=min_pct, gate=gate)
+    out = run(event, storage=storage_from_env(dict(os.environ)), min_pct=min_pct, gate=gate)
+    emit_metrics(out)
+    return out

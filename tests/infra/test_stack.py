@@ -27,6 +27,7 @@ def test_resource_inventory(default_synth: Synth) -> None:
     t.resource_count_is("AWS::SNS::Topic", 1)
     t.resource_count_is("AWS::CloudWatch::Alarm", 7)  # 3 page, 4 console-only (alerting.py)
     t.resource_count_is("AWS::Logs::MetricFilter", 1)  # FailedWithoutAlert
+    t.resource_count_is("AWS::CloudWatch::Dashboard", 1)  # monitoring.py
     t.resource_count_is("AWS::Scheduler::Schedule", 0)  # off by default
     t.resource_count_is("AWS::SNS::Subscription", 0)  # no e-mail by default
     # The figures the issue asks for (shown with -s).
@@ -251,9 +252,12 @@ def _expected(synth: Synth, name: str) -> set[Statement]:
         )
 
     logs = Statement("Allow", ("logs:CreateLogStream", "logs:PutLogEvents"), (log_group,), "")
+    # Active tracing (the handlers' Powertools Tracer): X-Ray takes no resource-level scope.
+    xray = Statement("Allow", ("xray:PutTelemetryRecords", "xray:PutTraceSegments"), ("*",), "")
     return {
         "extract": {
             logs,
+            xray,
             # The snapshot index: read to reuse the snapshot's partition date, created on run 1;
             # raw/: its own progress.json, between the invocations of the deadline loop.
             Statement("Allow", ("s3:GetObject",), objects("raw/", "snapshots/"), ""),
@@ -264,6 +268,7 @@ def _expected(synth: Synth, name: str) -> set[Statement]:
         },
         "transform": {
             logs,
+            xray,
             # snapshots/: the quality gate finds the previous snapshot's row count.
             Statement("Allow", ("s3:GetObject",), objects("raw/", "snapshots/"), ""),
             Statement("Allow", ("s3:PutObject",), objects("processed/", "rejected/"), ""),
@@ -271,6 +276,7 @@ def _expected(synth: Synth, name: str) -> set[Statement]:
         },
         "load": {
             logs,
+            xray,
             # raw/history/: the backfill's market_chart bodies, items file and map results.
             Statement(
                 "Allow",
@@ -653,3 +659,9 @@ def test_outputs(default_synth: Synth) -> None:
     assert outputs["AlertTopicArn"]["Value"] == {
         "Ref": default_synth.logical_id(stack.alerting.topic)
     }
+
+
+def test_each_function_traces_actively(default_synth: Synth) -> None:
+    # The handlers' Powertools Tracer sends segments only when Lambda's active tracing is on.
+    for name, fn in _functions(default_synth).items():
+        assert fn["Properties"]["TracingConfig"] == {"Mode": "Active"}, name

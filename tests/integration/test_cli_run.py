@@ -130,7 +130,9 @@ def test_verbose_logs_go_to_stderr_and_a_debug_level_is_honoured(tmp_path: Path)
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert not [line for line in proc.stdout.splitlines() if line.startswith("{")]
-    logs = [json.loads(line) for line in proc.stderr.splitlines() if line.startswith("{")]
+    objects = [json.loads(line) for line in proc.stderr.splitlines() if line.startswith("{")]
+    logs = [o for o in objects if "_aws" not in o]  # the others are the EMF metric objects
+    assert any("_aws" in o for o in objects)
     assert {log["service"] for log in logs} >= {"extract", "transform", "load"}
     debug = [log for log in logs if log["level"] == "DEBUG"]
     assert [log["message"] for log in debug] == ["warehouse objects ensured"]

@@ -8,6 +8,7 @@ create the local folders, start a warehouse or a replay server.
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 import shlex
@@ -412,3 +413,56 @@ def test_duplicates_warn_that_as_many_coins_may_be_missing():
     out = io.StringIO()
     print_summary(report({**LOAD_OUTPUT, "duplicate_count": 2}), out)
     assert "2 coins on two pages (ranks shifted while paging)" in out.getvalue()
+
+
+def _emf(**metrics: float) -> dict:
+    return {
+        "_aws": {
+            "Timestamp": 0,
+            "CloudWatchMetrics": [
+                {
+                    "Namespace": "CryptoEtl",
+                    "Dimensions": [["Pipeline", "VsCurrency"]],
+                    "Metrics": [{"Name": n, "Unit": "Count"} for n in metrics],
+                }
+            ],
+        },
+        "Pipeline": "crypto-etl",
+        "VsCurrency": "usd",
+        **{n: [v] for n, v in metrics.items()},
+    }
+
+
+def test_the_summary_shows_the_key_metric_figures():
+    blobs = [_emf(ExtractCoins=300, ApiCalls=3), _emf(RowsOut=300, RowsInserted=300)]
+    out = io.StringIO()
+    print_summary(report(LOAD_OUTPUT, metrics=blobs), out)
+    (line,) = [x for x in out.getvalue().splitlines() if x.startswith("  metrics ")]
+    assert line == (
+        "  metrics       CryptoEtl: 300 coins, 3 calls, 300 rows out, 300 inserted"
+        " (2 EMF objects; -v prints them)"
+    )
+    out = io.StringIO()
+    print_summary(report(LOAD_OUTPUT), out)  # none emitted (metrics disabled): no line
+    assert "  metrics " not in out.getvalue()
+
+
+def test_verbose_prints_the_emf_lines_on_stderr_and_stdout_stays_the_summary(capsys, local_dir):
+    out = io.StringIO()
+    code = main(["--local-dir", str(local_dir), "run", "--offline", "--coins", "60", "-v"], out=out)
+    err = capsys.readouterr()
+    assert code == 0, err.err[-2000:]
+    emf = [json.loads(x) for x in err.err.splitlines() if x.startswith('{"_aws"')]
+    names = {m["Name"] for b in emf for d in b["_aws"]["CloudWatchMetrics"] for m in d["Metrics"]}
+    assert {"ExtractCoins", "RowsOut", "RowsInserted", "ExecutionSucceeded"} <= names
+    assert '"_aws"' not in out.getvalue() and '"_aws"' not in err.out
+    assert "  metrics       CryptoEtl: 60 coins," in out.getvalue()
+
+
+def test_without_verbose_no_emf_line_is_printed(capsys, local_dir):
+    out = io.StringIO()
+    code = main(["--local-dir", str(local_dir), "run", "--offline", "--coins", "20"], out=out)
+    err = capsys.readouterr()
+    assert code == 0
+    assert '"_aws"' not in err.err + err.out + out.getvalue()
+    assert "  metrics       CryptoEtl: 20 coins," in out.getvalue()

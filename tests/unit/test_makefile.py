@@ -140,3 +140,22 @@ def test_license_is_an_spdx_string_and_the_backend_reads_it():
     assert "77.0.0" in spec and "76.999" not in spec
     classifiers = data["project"].get("classifiers", [])
     assert not [c for c in classifiers if c.startswith("License ::")]
+
+
+def test_make_test_lints_every_workflow_against_both_schemas():
+    """`make test` runs `make lint`, which checks .github/workflows/*.yml (tests/unit/
+    test_workflows.py proves the check fails on a broken workflow)."""
+    workflows = sorted(
+        p.relative_to(REPO_ROOT).as_posix()
+        for p in (REPO_ROOT / ".github" / "workflows").glob("*.yml")
+    )
+    assert workflows, "no workflow files"
+    checks = [ln for ln in _make("test") if "check-jsonschema" in ln]
+    schemas = {re.search(r"--builtin-schema (\S+)", ln).group(1): ln.split()[3:] for ln in checks}
+    assert set(schemas) == {"vendor.github-workflows", "custom.github-workflows-require-timeout"}
+    for files in schemas.values():
+        assert sorted(files) == workflows
+    # The linter is a dev dependency, so `make install` brings it.
+    dev = [Requirement(r).name for r in _pyproject()["project"]["optional-dependencies"]["dev"]]
+    assert "check-jsonschema" in dev
+    assert importlib.metadata.version("check-jsonschema")
