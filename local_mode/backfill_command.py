@@ -36,6 +36,7 @@ from local_mode.run_command import (
     DEFAULT_LOCAL_DIR,
     DEFAULT_OFFLINE_COINS,
     LOCAL_BUCKET,
+    CountBar,
     Prepared,
     RunOptions,
     _coingecko_source,
@@ -226,41 +227,6 @@ def prepare(opts: BackfillOptions) -> tuple[Prepared, str]:
 # -- progress ---------------------------------------------------------------------------------
 
 
-class _BatchBar:
-    """A ``rich`` bar over the map's batches (a terminal only): done of total, coins ok and
-    failed, API calls."""
-
-    def __init__(self, stream: TextIO, total: int) -> None:
-        from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeRemainingColumn,
-        )
-
-        self.console = Console(file=stream, highlight=False)
-        self._progress = Progress(
-            TextColumn("    batches"),
-            BarColumn(bar_width=16),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[figures]}"),
-            TextColumn("ETA"),
-            TimeRemainingColumn(compact=True),
-            console=self.console,
-            transient=True,
-        )
-        self._task = self._progress.add_task("batches", total=total, figures="")
-        self._progress.start()
-
-    def update(self, done: int, figures: str) -> None:
-        self._progress.update(self._task, completed=done, figures=figures)
-
-    def stop(self) -> None:
-        self._progress.stop()
-
-
 class _BackfillProgress(_Progress):
     """``crypto-etl run``'s progress lines, for the backfill's states, plus the map's batches
     (a bar on a terminal, one line per batch when piped)."""
@@ -269,7 +235,7 @@ class _BackfillProgress(_Progress):
         super().__init__(stream)
         self.batches: list[dict[str, Any]] = []
         self._map_lock = threading.Lock()
-        self._batch_bar: _BatchBar | None = None
+        self._batch_bar: CountBar | None = None
         self._total = 0
         self._ok = self._failed = self._calls = 0
 
@@ -347,7 +313,7 @@ class _BackfillProgress(_Progress):
             if self.interactive:
                 with self._lock:
                     if self._batch_bar is None:
-                        self._batch_bar = _BatchBar(self.stream, self._total)
+                        self._batch_bar = CountBar(self.stream, "batches", self._total)
                     self._batch_bar.update(done, figures)
                 return
             text = f"    batch {done}/{self._total}: {ok} ok, {failed} failed"

@@ -355,12 +355,12 @@ def page_figures(extra: Mapping[str, Any]) -> str:
     return text
 
 
-class _PageBar:
-    """A ``rich`` progress bar for the extract's pages (a terminal only): pages done of the
-    expected (from ``/global``), coins, calls, rate-limit waits, 429s and an ETA; fits 80
-    columns."""
+class CountBar:
+    """A ``rich`` progress bar (a terminal only): ``label`` done of a total (None: unknown),
+    short figures and an ETA; fits 80 columns. The extract's pages here, the backfill's
+    batches in ``backfill_command``."""
 
-    def __init__(self, stream: TextIO) -> None:
+    def __init__(self, stream: TextIO, label: str, total: int | None = None) -> None:
         from rich.console import Console
         from rich.progress import (
             BarColumn,
@@ -372,7 +372,7 @@ class _PageBar:
 
         self.console = Console(file=stream, highlight=False)
         self._progress = Progress(
-            TextColumn("    pages"),
+            TextColumn(f"    {label}"),
             BarColumn(bar_width=16),
             MofNCompleteColumn(),
             TextColumn("{task.fields[figures]}"),
@@ -381,28 +381,29 @@ class _PageBar:
             console=self.console,
             transient=True,
         )
-        self._task = self._progress.add_task("pages", total=None, figures="")
+        self._task = self._progress.add_task(label, total=total, figures="")
         self._progress.start()
 
-    @staticmethod
-    def figures(extra: Mapping[str, Any]) -> str:
-        """The bar's short figures, e.g. "750 coins 4 calls 1 wait 2s 1x429"."""
-        waits = extra.get("pacing_waits") or 0
-        text = f"{extra.get('coins_so_far', 0):,} coins {extra.get('api_calls', 0)} calls"
-        text += f" {waits} wait{'s' if waits != 1 else ''}"
-        text += f" {extra.get('pacing_wait_seconds') or 0:.0f}s"
-        if extra.get("rate_limited"):
-            text += f" {extra['rate_limited']}x429"
-        return text
-
-    def update(self, extra: Mapping[str, Any]) -> None:
-        expected = extra.get("expected_pages")
-        done = extra.get("pages_so_far") or 0
-        total = max(expected, done) if isinstance(expected, int) else None
-        self._progress.update(self._task, completed=done, total=total, figures=self.figures(extra))
+    def update(self, done: int, figures: str, total: int | None = None) -> None:
+        """Show ``done`` (of ``total`` when given) and ``figures``."""
+        if total is None:
+            self._progress.update(self._task, completed=done, figures=figures)
+        else:
+            self._progress.update(self._task, completed=done, total=total, figures=figures)
 
     def stop(self) -> None:
         self._progress.stop()
+
+
+def page_bar_figures(extra: Mapping[str, Any]) -> str:
+    """The page bar's short figures, e.g. "750 coins 4 calls 1 wait 2s 1x429"."""
+    waits = extra.get("pacing_waits") or 0
+    text = f"{extra.get('coins_so_far', 0):,} coins {extra.get('api_calls', 0)} calls"
+    text += f" {waits} wait{'s' if waits != 1 else ''}"
+    text += f" {extra.get('pacing_wait_seconds') or 0:.0f}s"
+    if extra.get("rate_limited"):
+        text += f" {extra['rate_limited']}x429"
+    return text
 
 
 class _Progress:
@@ -421,7 +422,7 @@ class _Progress:
         self._entered_at: dict[str, datetime] = {}
         self._announced: set[str] = set()
         self._lock = threading.RLock()
-        self._bar: _PageBar | None = None
+        self._bar: CountBar | None = None
         self.extract_invocations: list[float] = []
         self.transitions = 0
         self._invocation_start: datetime | None = None
@@ -444,8 +445,11 @@ class _Progress:
                 self.line(f"    {head}; {page_figures(extra)} so far")
                 return
             if self._bar is None:
-                self._bar = _PageBar(self.stream)
-            self._bar.update(extra)
+                self._bar = CountBar(self.stream, "pages")
+            expected = extra.get("expected_pages")
+            done = extra.get("pages_so_far") or 0
+            total = max(expected, done) if isinstance(expected, int) else None
+            self._bar.update(done, page_bar_figures(extra), total)
 
     def close_bar(self) -> None:
         with self._lock:
