@@ -31,7 +31,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from functions.common.errors import ValidationError
+from functions.common.errors import CryptoEtlError, ValidationError
 from local_mode.run_command import (
     DEFAULT_LOCAL_DIR,
     DEFAULT_OFFLINE_COINS,
@@ -110,6 +110,12 @@ class BackfillReport:
                 totals[name] += value if isinstance(value, int) else 0
         return totals
 
+    def nothing_loaded(self) -> bool:
+        """True when coins were planned and none loaded (every one failed): the execution
+        succeeded, but the backfill did nothing; the CLI exits 1."""
+        planned = self.plan.get("coin_count")
+        return isinstance(planned, int) and planned > 0 and not self.load.get("coins_loaded")
+
     def failed_coins(self) -> list[dict[str, Any]]:
         """``[{"coin_id", "error"}]``: LoadHistory's list, else (it never ran) the batches'."""
         if isinstance(self.load.get("coins_failed"), list):
@@ -121,6 +127,26 @@ class BackfillReport:
                 reason = f"batch failed: {batch.get('error')}: {error_message(batch.get('cause'))}"
                 out.extend({"coin_id": i.get("coin_id"), "error": reason} for i in batch["items"])
         return out
+
+
+def _snapshot_markets(prepared: Prepared, coins: int) -> tuple[tuple[int, datetime | None], ...]:
+    """The synthetic markets the latest lake snapshot may come from (offline): the plan takes
+    its top coins from it, and that snapshot may be of another size (``run --coins``) or
+    drifted (``run --as-of``, as ``make demo`` does), so the replay server gives those coins a
+    history too. Empty when the lake holds no snapshot in the currency."""
+    from functions.common.storage import LocalStorage
+    from functions.extract.history import latest_snapshot_coins
+
+    vs_currency = str(prepared.execution_input.get("vs_currency") or "usd")
+    try:
+        found = latest_snapshot_coins(LocalStorage(prepared.lake_dir), vs_currency)
+    except CryptoEtlError:
+        return ()
+    if found is None:
+        return ()
+    fetched = datetime.fromisoformat(found.fetched_at)
+    size = max(len(found.coin_ids), 1)
+    return ((size, None), (size, fetched), (coins, fetched))
 
 
 def _stamp() -> str:
@@ -360,13 +386,15 @@ def run_backfill(opts: BackfillOptions, out: TextIO | None = None) -> BackfillRe
     from state_machine.local_runner import LocalStepFunctions
 
     progress = _BackfillProgress(out)
+    coins = max(DEFAULT_OFFLINE_COINS, opts.top_n or 0)
     run_opts = RunOptions(
         local_dir=opts.local_dir,
         offline=opts.offline,
-        coins=max(DEFAULT_OFFLINE_COINS, opts.top_n or 0) if opts.offline else None,
+        coins=coins if opts.offline else None,
         replay_dir=opts.replay_dir,
         rate_limit=opts.rate_limit,
         verbose=opts.verbose,
+        chart_variants=_snapshot_markets(prepared, coins) if opts.offline else (),
     )
     with ExitStack() as stack:
         source_env, _server = stack.enter_context(_coingecko_source(run_opts, prepared, progress))
@@ -429,6 +457,8 @@ def print_summary(report: BackfillReport, out: TextIO) -> None:
         )
     if report.status == "SUCCEEDED":
         print(f"  coins ok      {o.get('coins_loaded')}", file=out)
+        if report.nothing_loaded():
+            print("  ! no coin was loaded: every coin failed (reasons below); exit 1", file=out)
     # LoadHistory caps its list (the state limit); its count and reasons cover every coin.
     failed_count = o.get("coins_failed_count")
     failed_count = failed_count if isinstance(failed_count, int) else len(failed)
@@ -606,4 +636,4 @@ def backfill_cli(args: argparse.Namespace, out: TextIO) -> int:
         print(json.dumps(summary_json(report), indent=2), file=out, flush=True)
     else:
         print_summary(report, out)
-    return 0 if report.status == "SUCCEEDED" else 1
+    return 0 if report.status == "SUCCEEDED" and not report.nothing_loaded() else 1

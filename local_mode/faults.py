@@ -215,7 +215,7 @@ CATALOGUE: dict[str, FaultInfo] = {
         FaultInfo(
             "empty",
             "the page is [] (/global: {}) though more pages follow",
-            "an empty page with fewer than half the coins /global counts is asked for again:"
+            "an empty page with fewer than 90 % of the coins /global counts is asked for again:"
             " once, it succeeds whole; always, paging stops as early_end (end not confirmed,"
             " paging and coverage warnings in the summary and ETL_RUNS), and the quality gate"
             " fails the Transform when it is below the previous snapshot's row count",
@@ -262,14 +262,18 @@ FAULT_NAMES = tuple(CATALOGUE)
 VALID_NAMES_TEXT = ", ".join(FAULT_NAMES)
 
 
+# The longest a delivery fault may hold a request (an hour: far past any client timeout).
+MAX_FAULT_SECONDS = 3600.0
+
+
 def _seconds(text: str, what: str) -> float:
     """A finite, non-negative number of seconds; ValueError naming ``what`` otherwise."""
     try:
         value = float(text)
     except ValueError:
         raise ValueError(f"{what} must be a number of seconds, not {text!r}") from None
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"{what} must be a finite number of seconds >= 0, not {text!r}")
+    if not math.isfinite(value) or not 0 <= value <= MAX_FAULT_SECONDS:
+        raise ValueError(f"{what} must be 0-{MAX_FAULT_SECONDS:g} seconds, not {text!r}")
     return value
 
 
@@ -415,8 +419,12 @@ def _problem(f: Fault) -> str | None:
             continue
         if f.kind not in (("slow", "trickle") if attr == "seconds" else ("trickle",)):
             return f"{attr} does not apply to {f.kind}"
-        if not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
-            return f"{attr} {value!r} must be a finite number of seconds >= 0"
+        if (
+            not isinstance(value, int | float)
+            or not math.isfinite(value)
+            or not 0 <= value <= MAX_FAULT_SECONDS
+        ):
+            return f"{attr} {value!r} must be 0-{MAX_FAULT_SECONDS:g} seconds"
     if f.kind == "trickle" and f.every is not None and f.every <= 0:
         return "every must be more than 0 seconds"
     if f.mid_body and f.kind != "reset":

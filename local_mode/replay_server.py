@@ -254,15 +254,20 @@ class SyntheticSource(MarketSource):
         coins: int = 1000,
         seed: int = synthetic.DEFAULT_SEED,
         as_of: datetime | None = None,
+        chart_variants: tuple[tuple[int, datetime | None], ...] = (),
     ) -> None:
         """``as_of``: serve the market as it has drifted to that time (see
-        :func:`local_mode.synthetic.drifted`); None serves the fixed market."""
+        :func:`local_mode.synthetic.drifted`); None serves the fixed market.
+        ``chart_variants``: more ``(coins, as_of)`` synthetic markets whose coins also have a
+        history (``crypto-etl backfill`` adds the one a lake snapshot was taken from, so its
+        coins are found even when that market was drifted or of another size)."""
         self.as_of = as_of
+        self.chart_variants = tuple(chart_variants)
         self.coins = coins
         self.seed = seed
         self._lock = threading.Lock()
         self._markets: dict[str, list[dict[str, Any]]] = {}
-        self._charted: dict[str, dict[str, dict[str, Any]]] = {}
+        self._charted: dict[str, dict[str, tuple[dict[str, Any], datetime | None]]] = {}
         self._global: bytes | None = None
         # Histories end at one instant per server, so every request agrees with the others.
         self._started = datetime.now(UTC)
@@ -296,29 +301,39 @@ class SyntheticSource(MarketSource):
         return self.as_of or self._started
 
     def chart_coins(self, vs_currency: str) -> dict[str, dict[str, Any]]:
-        """``{id: market row}`` of every coin with a history, quoted in ``vs_currency``."""
+        """``{id: market row}`` of every coin with a history, quoted in ``vs_currency`` (this
+        market's coins first, then those of ``chart_variants``)."""
+        return {coin_id: row for coin_id, (row, _) in self._chart_rows(vs_currency).items()}
+
+    def _chart_rows(self, vs_currency: str) -> dict[str, tuple[dict[str, Any], datetime | None]]:
+        """``{id: (market row, the as_of its quotes belong to or None: the fixed market)}``."""
         with self._lock:
             if vs_currency not in self._charted:
-                rows = synthetic.chart_universe(
-                    self.coins,
-                    seed=self.seed,
-                    vs_currency=vs_currency,
-                    **({"as_of": self.as_of, "drift": True} if self.as_of else {}),
-                )
-                self._charted[vs_currency] = {row["id"]: row for row in rows}
+                found: dict[str, tuple[dict[str, Any], datetime | None]] = {}
+                for coins, as_of in ((self.coins, self.as_of), *self.chart_variants):
+                    rows = synthetic.chart_universe(
+                        coins,
+                        seed=self.seed,
+                        vs_currency=vs_currency,
+                        **({"as_of": as_of, "drift": True} if as_of else {}),
+                    )
+                    for row in rows:
+                        found.setdefault(row["id"], (row, as_of))
+                self._charted[vs_currency] = found
             return self._charted[vs_currency]
 
     def market_chart(self, coin_id: str, vs_currency: str, days: int | str) -> Reply:
         vs = vs_currency.strip().lower()
         if vs not in synthetic.FX_RATES:
             return Reply(400, _json_bytes({"error": "invalid vs_currency"}))
-        coin = self.chart_coins(vs).get(coin_id)
-        if coin is None:
+        entry = self._chart_rows(vs).get(coin_id)
+        if entry is None:
             return Reply(404, _json_bytes(COIN_NOT_FOUND_BODY))
+        coin, quoted_at = entry
         # The fixed market (no as_of) is the market at DEFAULT_AS_OF: anchor its walk there, so
         # a past day's value does not depend on when the history is asked for and re-running a
         # backfill changes no past day (only today's partial point, as on CoinGecko).
-        anchor = None if self.as_of else synthetic.DEFAULT_AS_OF
+        anchor = quoted_at or synthetic.DEFAULT_AS_OF
         chart = synthetic.generate_market_chart(
             coin, now=self.now(), days=days, seed=self.seed, walk_anchor=anchor
         )

@@ -79,6 +79,9 @@ class RunOptions:
     # Lambda timeouts (seconds) per function for the local runner (benchmarks force the
     # extract's deadline loop with a short one); None: the deployed values.
     function_timeouts: dict[str, float] | None = None
+    # Offline only: more (coins, as_of) synthetic markets whose coins have a history
+    # (SyntheticSource.chart_variants; crypto-etl backfill sets it).
+    chart_variants: tuple[tuple[int, datetime | None], ...] = ()
     # --faults SPEC (--offline/--replay only): faults the local replay server injects
     # (local_mode.faults), e.g. "markets:page=2:503x3,global:html".
     faults: str | None = None
@@ -252,6 +255,17 @@ def check_request_timeout(env: Mapping[str, str]) -> float:
     return timeout
 
 
+def check_transform_settings(env: Mapping[str, str]) -> None:
+    """The Transform's settings (``COVERAGE_MIN_PCT``, ``QUALITY_GATE``,
+    ``QUALITY_MIN_ROW_FRACTION``), checked before anything starts: a bad one would otherwise
+    surface only after the Extract, as a failed execution and an alert. Raises ConfigError."""
+    from functions.transform.coverage import min_pct_from_env
+    from functions.transform.gate import gate_config_from_env
+
+    min_pct_from_env(env)
+    gate_config_from_env(env)
+
+
 def handler_log_level(env: Mapping[str, str]) -> int:
     """The handlers' log level: ``POWERTOOLS_LOG_LEVEL`` (or ``LOG_LEVEL``), default INFO.
 
@@ -308,6 +322,7 @@ def prepare(opts: RunOptions) -> Prepared:
     source = replay_source(opts.replay_dir) if opts.replay_dir is not None else None
     env = {**os.environ, **opts.extra_env}
     log_level = handler_log_level(env)  # first: the handlers' loggers read it at import
+    check_transform_settings(env)
     if opts.rate_limit is not None:
         from functions.extract.pacing import RateLimit
 
@@ -423,6 +438,7 @@ class _Progress:
         self._announced: set[str] = set()
         self._lock = threading.RLock()
         self._bar: CountBar | None = None
+        self.current_state: str | None = None  # the state entered last
         self.extract_invocations: list[float] = []
         self.transitions = 0
         self._invocation_start: datetime | None = None
@@ -474,6 +490,8 @@ class _Progress:
     def on_event(self, ev: StateEvent) -> None:
         with self._lock:
             self.transitions += ev.kind == "entered"
+            if ev.kind == "entered":
+                self.current_state = ev.state
             if ev.state == "Extract" and ev.timestamp is not None:
                 if ev.kind == "entered":
                     self._invocation_start = ev.timestamp
@@ -543,7 +561,9 @@ class _ProgressLines(logging.Handler):
         # the progress lock: catch_up takes the runner's lock first, then that one.)
         self.progress.catch_up()
         with self.progress._lock:
-            self.progress.enter(record.name.capitalize())
+            # Record failure runs the load function: its lines belong to that step, not Load.
+            if self.progress.current_state in (None, *TASK_STATES):
+                self.progress.enter(record.name.capitalize())
             if line is not None:
                 self.progress.line(line)
 
@@ -604,7 +624,9 @@ def _coingecko_source(
         from local_mode.replay_server import ReplayServer, SyntheticSource
 
         source = prepared.replay_source or SyntheticSource(
-            opts.coins if opts.coins is not None else DEFAULT_OFFLINE_COINS, as_of=opts.as_of
+            opts.coins if opts.coins is not None else DEFAULT_OFFLINE_COINS,
+            as_of=opts.as_of,
+            chart_variants=opts.chart_variants,
         )
         with ReplayServer(source) as server:
             what = "recorded bodies" if prepared.replay_source else "synthetic market"

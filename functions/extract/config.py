@@ -205,6 +205,12 @@ def check_timeout_fits(
     page 1. ``available`` names the budget in the message (e.g. "the extract function's timeout").
     """
     limit = available_seconds - margin_seconds
+    if limit <= 0:  # the margin alone takes the whole budget: it is the setting to fix
+        raise ConfigError(
+            "EXTRACT_DEADLINE_MARGIN_SECONDS",
+            f"{margin_seconds:g}s leaves nothing of {available} ({available_seconds:g}s) for"
+            f" requests (set it well below {available_seconds:g}; default 10)",
+        )
     if timeout_seconds > limit:
         raise ConfigError(
             "COINGECKO_TIMEOUT_SECONDS",

@@ -74,7 +74,10 @@ STOP_REASONS = (
     "page_limit",
     "early_end",
 )
-# An empty page with fewer than this share of the expected coins kept is asked for again.
+# An empty page with fewer than RECHECK_FRACTION of the expected coins kept is asked for again
+# (one request: a transient empty answer must not cut the market short); when it is empty
+# again with fewer than EARLY_END_FRACTION kept, the stop is early_end (a hole, not the end).
+RECHECK_FRACTION = 0.9
 EARLY_END_FRACTION = 0.5
 CONFIRMED_STOPS = frozenset({"empty_page", "max_coins"})
 
@@ -239,9 +242,10 @@ def fetch_markets(
     it and report progress) and the state to resume from after it; a repeated page is not
     kept. ``max_coins=None`` pages until an empty page. ``expected_coins`` (e.g. ``/global``'s
     active coins, capped at ``max_coins``) makes an empty page that comes with fewer than
-    :data:`EARLY_END_FRACTION` of them kept be asked for once more: a transient empty answer
-    then costs one request, and a persistent one stops paging as ``early_end`` (unconfirmed,
-    with a warning) instead of passing for the end. Errors raised by ``fetch`` propagate
+    :data:`RECHECK_FRACTION` of them kept be asked for once more: a transient empty answer
+    then costs one request; a persistent one with fewer than :data:`EARLY_END_FRACTION` kept
+    stops paging as ``early_end`` (unconfirmed, with a warning) instead of passing for the
+    end. Errors raised by ``fetch`` propagate
     unchanged; a negative ``RawPage.rows`` or a bad paging parameter raises ValidationError.
     """
     # A resumed run's coins so far are known exactly (a capped server serves fewer per page
@@ -304,13 +308,16 @@ def fetch_markets(
         if resume.pages_fetched + len(pages) >= max_pages:
             return result("page_limit", problem=f"the page limit ({max_pages} pages) was reached")
         raw = fetch(page)
-        early = (
+        recheck = (
             raw.rows == 0
             and expected_coins is not None
-            and total < expected_coins * EARLY_END_FRACTION
+            and total < expected_coins * RECHECK_FRACTION
         )
-        if early:
+        if recheck:
             raw = fetch(page)  # once more: an empty answer mid-market is more likely a glitch
+        early = (
+            recheck and expected_coins is not None and total < expected_coins * EARLY_END_FRACTION
+        )
         if raw.rows < 0:
             raise ValidationError("rows", f"page {page}: {raw.rows} must be >= 0")
         digest = hashlib.sha256(raw.body).hexdigest()

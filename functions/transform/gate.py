@@ -325,7 +325,14 @@ def gate_message(snapshot_id: str, result: GateResult) -> str:
             f"{check['name']}: {check['rows']} rows (threshold {check['threshold']};"
             f" {check['detail']}{named})"
         )
+    hint = ""
+    if any(c["name"] == CHECK_ROW_COUNT for c in result.failed):
+        # A smaller snapshot on purpose (another --coins, a narrower market) is not an error.
+        hint = (
+            " (a smaller snapshot on purpose: set QUALITY_MIN_ROW_FRACTION lower, 0 to skip"
+            " this check, or QUALITY_GATE=off)"
+        )
     return (
         f"snapshot {snapshot_id}: quality gate failed {len(parts)} of {len(result.checks)}"
-        f" checks, nothing written to processed/: {' | '.join(parts)}"
+        f" checks, nothing written to processed/: {' | '.join(parts)}{hint}"
     )

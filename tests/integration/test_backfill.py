@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -292,3 +293,41 @@ def test_bad_options_are_refused_before_anything_starts(
     assert flag in proc.stderr
     assert not (tmp_path / "local" / "warehouse").exists() or flag != "--local-dir"
     assert "Traceback" not in proc.stderr
+
+
+def test_top_coins_of_a_drifted_or_smaller_lake_snapshot_all_have_a_history(tmp_path):
+    # make demo loads snapshots of the market drifted to --as-of; `run --coins 300` one of
+    # another size: the offline backfill takes its top coins from the latest and must find a
+    # history for each (it once answered 404 for coins the fixed 1000-coin market lacks).
+    import io
+
+    from local_mode.backfill_command import BackfillOptions, run_backfill
+    from local_mode.run_command import RunOptions, run_pipeline
+
+    local = tmp_path / "local"
+    for as_of, coins in (("2026-10-01T08:00:00+00:00", 1000), (None, 300)):
+        snap = run_pipeline(
+            RunOptions(
+                local_dir=local,
+                offline=True,
+                coins=coins,
+                as_of=datetime.fromisoformat(as_of) if as_of else None,
+                snapshot_id=f"lake-{coins}",
+            ),
+            io.StringIO(),
+        )
+        assert snap.status == "SUCCEEDED"
+        report = run_backfill(
+            BackfillOptions(local_dir=local, offline=True, top_n=40, days=3), io.StringIO()
+        )
+        assert report.status == "SUCCEEDED"
+        assert report.failed_coins() == [], report.failed_coins()
+        assert report.load["coins_loaded"] == 40
+
+
+def test_a_backfill_where_every_coin_fails_exits_1(tmp_path):
+    # The execution succeeds (a per-coin failure is not a crash), but nothing was loaded.
+    proc = _cli(tmp_path / "local", "--offline", "--coin-ids", "no-such-coin", "--days", "3")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "no coin was loaded: every coin failed" in proc.stdout
+    assert "no-such-coin" in proc.stdout and "Traceback" not in proc.stdout + proc.stderr

@@ -466,3 +466,37 @@ def test_without_verbose_no_emf_line_is_printed(capsys, local_dir):
     assert code == 0
     assert '"_aws"' not in err.err + err.out + out.getvalue()
     assert "  metrics       CryptoEtl: 20 coins," in out.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("COVERAGE_MIN_PCT", "abc"),
+        ("QUALITY_MIN_ROW_FRACTION", "2"),
+        ("QUALITY_GATE", "maybe"),
+        ("EXTRACT_DEADLINE_MARGIN_SECONDS", "5000"),
+    ],
+)
+def test_transform_and_deadline_settings_are_checked_before_anything_starts(
+    capsys, local_dir, monkeypatch, name, value
+):
+    monkeypatch.setenv(name, value)
+    err = refused(capsys, local_dir, "--offline")
+    assert f"configuration {name}:" in err  # the setting at fault, not another one
+    assert not local_dir.exists()
+
+
+def test_a_record_failure_step_is_not_announced_as_the_load():
+    import logging
+
+    from local_mode.run_command import _Progress, _ProgressLines
+    from state_machine.local_runner import StateEvent
+
+    out = io.StringIO()
+    progress = _Progress(out)
+    lines = _ProgressLines(progress)
+    progress.on_event(StateEvent("entered", "Record failure"))
+    record = logging.LogRecord("load", logging.INFO, __file__, 1, "recorded", None, None)
+    lines.emit(record)
+    assert "▶ Load" not in out.getvalue()
+    assert "recording the failure in ETL_RUNS" in out.getvalue()

@@ -426,3 +426,25 @@ def test_a_persistent_hole_is_an_unconfirmed_early_end_not_the_end_of_the_market
     calls_before = len(market.calls)
     assert fetch_markets(fetch, per_page=250, max_coins=None).stop_reason == "empty_page"
     assert len(market.calls) - calls_before == 2
+
+
+def test_a_transient_empty_page_past_half_the_market_is_asked_for_again_too():
+    # 1750 of ~3000 coins kept when page 8 answers [] once: without a second look the market
+    # would end there, 42 % short, "confirmed".
+    market = FakeMarket(3000, 250)
+    glitch = {8}
+
+    def fetch(page: int) -> RawPage:
+        if page in glitch:
+            glitch.discard(page)
+            market.calls.append(page)
+            return RawPage(b"[]", 0)
+        return market(page)
+
+    result = fetch_markets(fetch, per_page=250, max_coins=None, expected_coins=3028)
+    assert (result.stop_reason, result.end_confirmed, result.coin_count) == (
+        "empty_page",
+        True,
+        3000,
+    )
+    assert market.calls.count(8) == 2

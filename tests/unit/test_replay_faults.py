@@ -311,6 +311,7 @@ def test_a_list_of_clauses_and_defaults():
         ("markets:503:html", "html"),
         ("markets:truncated=3", "truncated=3"),
         ("markets:slow=-1", "slow=-1"),
+        ("markets:slow=1e10", "slow=1e10"),  # an hour at most: time_t would overflow
         ("markets:slow=nan", "slow=nan"),
         ("markets:503x0", "503x0"),
         ("markets:503:x0", "x0"),

@@ -454,6 +454,7 @@ def test_the_handler_refuses_a_failing_set_and_writes_no_processed_file(lake) ->
     message = str(info.value)
     assert f"snapshot {SNAPSHOT}: quality gate failed 1 of 5 checks" in message
     assert "gate_row_count_vs_previous: 3 rows" in message
+    assert "set QUALITY_MIN_ROW_FRACTION lower, 0 to skip this check" in message  # the way out
     assert [k for k in _processed_keys(lake) if "snapshot=prev/" not in k] == []
     rejected = keys.rejected_key(SNAPSHOT, date(2026, 11, 23), event["run_id"])
     assert lake.exists(rejected)
