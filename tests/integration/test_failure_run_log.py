@@ -4,8 +4,10 @@ fakesnow warehouse), with a page the API keeps failing."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,10 +35,13 @@ def _replay_with_a_permanent_500_on_page_2(tmp_path: Path) -> Path:
     return replay
 
 
-def _closed_port() -> int:
+@contextlib.contextmanager
+def _closed_port() -> Iterator[int]:
+    """A port that refuses connections for as long as the block runs: bound but never
+    listening, so no other server (the run's own warehouse included) can take it meanwhile."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        yield s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -94,21 +99,23 @@ def test_with_the_warehouse_down_the_failure_still_alerts_and_fails_with_its_own
     loaded, tmp_path
 ):
     before = _data(loaded)
-    # The recording's connection goes to a port nobody listens on (the Extract needs none).
-    down = {
-        **FAST_RETRY_ENV,
-        "SNOWFLAKE_PORT": str(_closed_port()),
-        "SNOWFLAKE_LOGIN_TIMEOUT": "5",
-        "SNOWFLAKE_NETWORK_TIMEOUT": "5",
-    }
-    report = run_pipeline(
-        RunOptions(
-            local_dir=loaded,
-            replay_dir=_replay_with_a_permanent_500_on_page_2(tmp_path),
-            snapshot_id="it-down",
-            extra_env=down,
+    # The recording's connection goes to a port nobody listens on (the Extract needs none),
+    # held for the whole run: a port merely found free could be the run's own warehouse's.
+    with _closed_port() as port:
+        down = {
+            **FAST_RETRY_ENV,
+            "SNOWFLAKE_PORT": str(port),
+            "SNOWFLAKE_LOGIN_TIMEOUT": "5",
+            "SNOWFLAKE_NETWORK_TIMEOUT": "5",
+        }
+        report = run_pipeline(
+            RunOptions(
+                local_dir=loaded,
+                replay_dir=_replay_with_a_permanent_500_on_page_2(tmp_path),
+                snapshot_id="it-down",
+                extra_env=down,
+            )
         )
-    )
     assert (report.status, report.failed_state, report.error) == (
         "FAILED",
         "Extract",

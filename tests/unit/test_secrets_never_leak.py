@@ -150,10 +150,13 @@ def _files(root: Path) -> dict[str, str]:
     return out
 
 
-def _closed_port() -> int:
+@contextlib.contextmanager
+def _closed_port() -> Iterator[int]:
+    """A port that refuses connections while the block runs (bound, never listening: the
+    run's own warehouse cannot take it meanwhile)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+        yield int(s.getsockname()[1])
 
 
 def run_and_scan(
@@ -267,12 +270,13 @@ def test_an_unusable_private_key_leaks_neither_key_nor_passphrase(
 def test_an_unreachable_warehouse_leaks_no_password(
     tmp_path, server, capfd, everything_logged, histories
 ):
-    env = {
-        "SNOWFLAKE_PORT": str(_closed_port()),
-        "SNOWFLAKE_LOGIN_TIMEOUT": "2",
-        "SNOWFLAKE_NETWORK_TIMEOUT": "2",
-    }
-    report, leaks = run_and_scan(tmp_path, server, env, capfd, everything_logged, histories)
+    with _closed_port() as port:
+        env = {
+            "SNOWFLAKE_PORT": str(port),
+            "SNOWFLAKE_LOGIN_TIMEOUT": "2",
+            "SNOWFLAKE_NETWORK_TIMEOUT": "2",
+        }
+        report, leaks = run_and_scan(tmp_path, server, env, capfd, everything_logged, histories)
     assert report.status == "FAILED"
     assert report.failed_state == "Load"
     assert len(report.alerts) == 1
