@@ -560,7 +560,8 @@ most the last 365 days of history (the plan refuses more, per coin).
 EXIT_CODES = """\
 exit codes:
   0    the backfill succeeded (coins that failed are listed with their reasons)
-  1    the execution failed (the failing state, its error and the alert are printed)
+  1    the execution failed (the failing state, its error and the alert are printed), or
+       no coin was loaded (every coin failed)
   2    bad arguments, paths or configuration: one line on stderr, nothing was started
   130  interrupted (Ctrl-C); the local services were stopped
 """
